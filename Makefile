@@ -1,0 +1,41 @@
+# Two commands: `make reproduce` (the main job) and `make test`. Both create .venv if missing.
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.ersm-installed
+PROFILE ?= ci
+
+.PHONY: install test unit nbval reproduce notebooks full bench clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make test: unit tests, then the committed notebooks re-executed and compared by nbval
+test: install unit nbval
+
+unit: install
+	$(PYTHON) -m pytest tests -q
+
+nbval: install
+	$(PYTHON) -m pytest --nbval --nbval-current-env notebooks/ -q -p no:cacheprovider
+
+## make reproduce: execute every notebook through papermill for PROFILE (ci by default)
+reproduce: install
+	$(PYTHON) -m ersm reproduce --profile $(PROFILE)
+
+## re-execute the committed notebooks in place with their ci defaults (after changing them)
+notebooks: install
+	$(PYTHON) -m ersm reproduce --profile ci --inplace
+
+full: install
+	$(PYTHON) -m ersm reproduce --profile full
+
+bench: install
+	$(PYTHON) -m ersm bench
+
+clean-cache:
+	rm -rf runs/cache

@@ -1,0 +1,5 @@
+import sys
+
+from ersm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""Command line: ``ersm train``, ``ersm reproduce``, ``ersm bench`` (also ``python -m ersm``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ersm.config import from_dict, parse_assignment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ersm", description="Energy-Regularized Spatial Masking: train, reproduce, benchmark")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train one config (cached under runs/cache/<hash>/)")
+    train.add_argument("--config", type=Path, help="a JSON file of TrainConfig fields")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
+    reproduce = commands.add_parser("reproduce", help="execute the notebooks through papermill for a profile")
+    reproduce.add_argument("--profile", default="ci", help="ci or full")
+    reproduce.add_argument("--only", help="run only notebooks whose name starts with this, e.g. 03")
+    reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
+    commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            values = json.loads(args.config.read_text()) if args.config else {}
+            values.update(dict(parse_assignment(item) for item in args.set))
+            config = from_dict(values)
+            from ersm.train import get_model, training_history
+
+            get_model(config)
+            print(json.dumps({"config": config.digest(), "final": training_history(config)[-1]}, indent=1))
+        elif args.command == "reproduce":
+            from ersm.reproduce import reproduce
+
+            print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
+        else:
+            from ersm.bench import main as bench
+
+            bench()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ersm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,42 @@
+"""Batched evaluation passes that collect logits, the mask terms and the masked features."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ersm.layer import EnergyMask
+
+
+class Outputs(NamedTuple):
+    """Per image: ``logits [N, K]``; for ERSM models ``mask, unary, energy [N, 1, h, w]``, else None."""
+
+    logits: torch.Tensor
+    mask: torch.Tensor | None
+    unary: torch.Tensor | None
+    energy: torch.Tensor | None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Outputs:
+    """Run ``model`` in eval mode over ``images [N, C, H, W]`` in batches, on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    layers = [m for m in model.modules() if isinstance(m, EnergyMask)]
+    logits, masks, unaries, energies = [], [], [], []
+    for batch in images.split(batch_size):
+        logits.append(model(batch.to(device)).float().cpu())
+        if layers:
+            terms = layers[0].terms
+            masks.append(terms.mask.cpu())
+            unaries.append(terms.unary.cpu())
+            energies.append(terms.energy.cpu())
+    model.train(was_training)
+    cat = lambda parts: torch.cat(parts) if parts else None  # noqa: E731
+    return Outputs(torch.cat(logits), cat(masks), cat(unaries), cat(energies))
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predict(model, images).logits.argmax(1) == labels).float().mean().item()

@@ -1,0 +1,51 @@
+"""Run profiles in one place: the notebooks' parameters for ``ci`` and ``full``.
+
+``ci`` equals the parameter defaults written in each notebook's ``parameters`` cell (a test
+checks it), so ``pytest --nbval notebooks/`` re-executes exactly what was committed. ``full``
+is larger (64-pixel canvas, more data and epochs, 5 seeds) and is injected by papermill.
+"""
+from __future__ import annotations
+
+COMMON = {
+    "ci": dict(PROFILE="ci", SEEDS=[0, 1, 2], EPOCHS=6, N_TRAIN=3000, N_TEST=1000, CANVAS=48),
+    "full": dict(PROFILE="full", SEEDS=[0, 1, 2, 3, 4], EPOCHS=8, N_TRAIN=4000, N_TEST=2000, CANVAS=64),
+}
+
+SPECIFIC = {
+    "01_training": {"ci": dict(MARGIN=1.0), "full": dict(MARGIN=0.5)},
+    "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0), "full": dict(SWEEP_SEED=0)},
+    "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9),
+                                "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9)},
+    "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_ROAD=200),
+                                 "full": dict(STEPS=24, N_BOOT=2000, N_ROAD=500)},
+    "05_mask_quality": {"ci": dict(TOLERANCE=4, N_BOOT=1000, RHO=0.9), "full": dict(TOLERANCE=5, N_BOOT=2000, RHO=0.9)},
+}
+PROFILE_NAMES = tuple(COMMON)
+
+
+def parameters(notebook: str, profile: str) -> dict:
+    """The parameters that ``profile`` gives ``notebook`` (its stem, e.g. ``"01_training"``)."""
+    if profile not in COMMON:
+        raise ValueError(f"profile={profile!r} is unknown; choose one of {list(COMMON)}")
+    if notebook not in SPECIFIC:
+        raise ValueError(f"notebook={notebook!r} has no profile entry; known notebooks are {sorted(SPECIFIC)}")
+    return {**COMMON[profile], **SPECIFIC[notebook][profile]}
+
+
+def validate(notebook: str, given: dict, declared: dict) -> None:
+    """Refuse parameter names the notebook does not declare and values of the wrong type.
+
+    ``declared`` maps name -> default value, as read from the notebook's parameters cell.
+    papermill itself only warns about unknown names, so this runs before papermill does.
+    """
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ValueError(f"{notebook}: unknown parameter(s) {unknown}; the notebook declares {sorted(declared)}")
+    for name, value in given.items():
+        default = declared[name]
+        ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"{notebook}: parameter {name}={value!r} has type {type(value).__name__}; "
+                             f"the notebook's default {default!r} is a {type(default).__name__}")

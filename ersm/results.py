@@ -1,0 +1,60 @@
+"""Results JSON with provenance: git commit and dirty flag, versions, device, profile, wall time.
+
+Notebooks write to ``runs/<profile>/results/<notebook>.json`` (git-ignored, so tests never touch
+committed files); ``ersm reproduce`` gathers them into ``results/<profile>/``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+
+import torch
+
+from ersm.paths import atomic_write_text, repo_root, runs_dir
+from ersm.seeding import default_device
+
+
+def git_state() -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, check=False).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def versions() -> dict:
+    names = ("ersm", "torch", "torchvision", "numpy", "scikit-learn", "scikit-image", "mlxtend", "grad-cam", "papermill")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": platform.python_version(), **found}
+
+
+def device_description() -> str:
+    device = default_device()
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+class Run:
+    """Opened at a notebook's start; ``save(payload)`` writes the results JSON with provenance."""
+
+    def __init__(self, notebook: str, profile: str, parameters: dict) -> None:
+        self.notebook, self.profile, self.parameters = notebook, profile, parameters
+        self.started = time.time()
+
+    def save(self, payload: dict) -> dict:
+        record = {
+            "notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
+            "provenance": {**git_state(), "versions": versions(), "device": device_description(),
+                           "wall_seconds": round(time.time() - self.started, 1)},
+            **payload,
+        }
+        atomic_write_text(runs_dir() / self.profile / "results" / f"{self.notebook}.json",
+                          json.dumps(record, indent=1, sort_keys=True, default=float))
+        return record

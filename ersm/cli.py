@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="ci", help="ci or full")
     reproduce.add_argument("--only", help="run only notebooks whose name starts with this, e.g. 03")
     reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
-    commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
+    bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
+    bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
     return parser
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ersm.bench import main as bench
 
-            bench()
+            bench(["--repeats", str(args.repeats)])
     except (ValueError, FileNotFoundError) as error:
         print(f"ersm {args.command}: error: {error}", file=sys.stderr)
         return 2

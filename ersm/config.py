@@ -55,9 +55,12 @@ class TrainConfig:
         for name in ("proj_dim", "n_train", "n_test", "epochs", "batch_size", "cutout_size", "canvas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
-        for name in ("lambda_unary", "lambda_pair", "beta", "lr", "weight_decay", "clutter"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        for name in ("lambda_unary", "lambda_pair", "beta", "lr", "weight_decay", "clutter", "seed", "data_seed"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name}={value!r} must be finite and >= 0")
+        if self.insert_after not in ("layer1", "layer2", "layer3", "layer4"):
+            raise ValueError(f"insert_after={self.insert_after!r} must be one of layer1..layer4")
         if not 0.0 <= self.background_label_correlation <= 1.0:
             raise ValueError(f"background_label_correlation={self.background_label_correlation!r} must lie in [0, 1]")
 

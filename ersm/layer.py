@@ -27,6 +27,8 @@ Deviations from the paper (all documented, none hidden):
   anywhere in ``(0, 1)``.
 - The energy is computed in at least float32, also under autocast, because the L2
   normalisation and softplus are fragile in float16. The output keeps the input's dtype.
+- The projection P is a 1x1 convolution *with* a bias (the paper writes ``P x_i``; the bias is
+  the public contract of this package, issue 2). It can be zeroed to recover the bias-free form.
 - ``normalize`` uses ``eps=1e-12`` (PyTorch's default) so an all-zero token maps to ``p = 0``
   instead of NaN; the paper does not say what happens there.
 """
@@ -126,8 +128,13 @@ class EnergyMask(nn.Module):
         self._check_input(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # float16/bfloat16 inputs are promoted to float32; float64 stays float64
-            self.terms = self.energy_terms(x.to(torch.promote_types(x.dtype, torch.float32)))
-        return x * self.terms.mask.to(x.dtype)
+            terms = self.energy_terms(x.to(torch.promote_types(x.dtype, torch.float32)))
+        # Any NaN or inf in x reaches the energy; checking the [B, 1, H, W] energy instead of
+        # the [B, C, H, W] input costs C times less (it is part of the layer's overhead).
+        if not torch.isfinite(terms.energy).all():
+            raise ValueError("x contains non-finite values (NaN or inf) or overflows float32; the energy is undefined there")
+        self.terms = terms
+        return x * terms.mask.to(x.dtype)
 
     def energy_terms(self, x: torch.Tensor) -> EnergyTerms:
         """All terms of the paper's energy for ``x: [B, C, H, W]`` (float32 or float64)."""
@@ -148,8 +155,6 @@ class EnergyMask(nn.Module):
             raise ValueError(f"x must be a 4-D tensor [B, C, H, W], got x with shape {shape}")
         if x.shape[1] != self.channels:
             raise ValueError(f"x has {x.shape[1]} channels (shape {tuple(x.shape)}); this layer expects channels={self.channels}")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains non-finite values (NaN or inf); the energy is undefined there")
 
 
 def _check_positive_int(name: str, value) -> None:

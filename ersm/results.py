@@ -6,11 +6,13 @@ committed files); ``ersm reproduce`` gathers them into ``results/<profile>/``.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import time
 from importlib import metadata
 
+import numpy as np
 import torch
 
 from ersm.paths import atomic_write_text, repo_root, runs_dir
@@ -20,7 +22,10 @@ from ersm.seeding import default_device
 def git_state() -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, check=False).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except OSError:  # no git on this machine: record that, do not lose the run
+        return {"commit": None, "dirty": None}
 
 
 def versions() -> dict:
@@ -56,5 +61,18 @@ class Run:
             **payload,
         }
         atomic_write_text(runs_dir() / self.profile / "results" / f"{self.notebook}.json",
-                          json.dumps(record, indent=1, sort_keys=True, default=float))
+                          json.dumps(json_safe(record), indent=1, sort_keys=True, allow_nan=False))
         return record
+
+
+def json_safe(value):
+    """numpy scalars to Python ones, NaN/inf to None (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -11,21 +11,33 @@ import torch
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Seed Python, NumPy and torch; fix the CPU thread count; ask for deterministic kernels.
 
-    ``threads`` defaults to ``ERSM_THREADS`` or the number of cores. On the CPU the same seed
-    then gives bit-identical weights run after run on the same machine kind. On CUDA TF32 is
-    disabled so that runs compare, and cuDNN is put in deterministic mode.
+    ``threads`` defaults to ``ERSM_THREADS`` or 2. It is fixed rather than the core count
+    because parallel reductions in the backward pass split work by thread, so gradients (and
+    the trained weights) differ between thread counts; with a fixed count the same seed gives
+    bit-identical weights on any machine with the same CPU kernels. On CUDA TF32 is disabled so
+    that runs compare, and cuDNN is put in deterministic mode.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    threads = threads or int(os.environ.get("ERSM_THREADS", "0")) or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or thread_count())
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+DEFAULT_THREADS = 2
+
+
+def thread_count() -> int:
+    """``ERSM_THREADS`` if set (an integer >= 1), else ``DEFAULT_THREADS``."""
+    raw = os.environ.get("ERSM_THREADS", str(DEFAULT_THREADS))
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"ERSM_THREADS={raw!r} must be an integer >= 1")
+    return int(raw)
 
 
 def derived_seed(*parts: int) -> int:

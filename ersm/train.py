@@ -121,7 +121,11 @@ def train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, 
             x = cutout(x, config.cutout_size, generator)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(x)
+            try:
+                logits = model(x)
+            except ValueError as error:  # the EnergyMask refuses non-finite features: divergence
+                raise FloatingPointError(f"non-finite features at epoch {epoch + 1}, step {step + 1} of config "
+                                         f"{config.digest()} ({error}); the last good checkpoint (epoch {epoch}) is kept") from error
         objective = ersm_objective(logits, y, model, config.beta if config.is_ersm else 0.0)
         if not torch.isfinite(objective.total):
             raise FloatingPointError(
@@ -154,6 +158,7 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
     """The trained model of ``config`` from the cache, training (or resuming) it only if needed."""
     run_dir = cache_dir() / config.digest()
     state = load_checkpoint(run_dir)
+    seed_everything(config.seed)  # the same threads and kernels whether trained or loaded
     if state is not None and state["epoch"] >= config.epochs:
         model = make_model(config)
         model.load_state_dict(state["model"])
@@ -164,10 +169,11 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
 def training_history(config: TrainConfig) -> list[dict]:
     """The per-epoch records of a trained config (trains it if needed)."""
     get_model(config)
-    path = cache_dir() / config.digest() / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return load_checkpoint(cache_dir() / config.digest())["history"]  # the verified copy
 
 
-def get_models(configs, progress: bool | None = None) -> list[nn.Module]:
-    return [get_model(config, progress=progress) for config in configs]
 
+def test_metadata(config: TrainConfig, background: str = "random") -> dict:
+    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
+    return ClutteredDigits("test", config.n_test, canvas=config.canvas, seed=config.data_seed + 1,
+                           clutter=(0, config.clutter), background=background).metadata()

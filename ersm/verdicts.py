@@ -1,7 +1,8 @@
 """Verdict rules, fixed before any run, and the claim rows they produce.
 
-Every rule reads only a difference ``ERSM - baseline`` (oriented so that larger favours the
-claim) and its 95% interval ``[lo, hi]``:
+Every rule reads only an *oriented* difference (``ERSM - baseline`` where larger is better,
+``baseline - ERSM`` where smaller is better, so a positive value always favours the claim)
+and its 95% interval ``[lo, hi]``:
 
 - superiority: SUPPORTED if ``lo > 0``; NOT SUPPORTED if ``hi < 0``; else INCONCLUSIVE.
 - non-inferiority with margin ``M``: SUPPORTED if ``lo > -M``; NOT SUPPORTED if ``hi < -M``;

@@ -21,9 +21,11 @@ def test_environment_yml_does_not_drift_from_pyproject():
     assert f"{python}.0" in SpecifierSet(project["requires-python"])
     assert pip == [{"pip": ["-e .[dev]"]}], "every other dependency must come from pyproject.toml"
     assert set(project["optional-dependencies"]) >= {"dev"}
-    for needed in ("torch==2.14.1", "torchvision==0.29.1", "papermill", "seaborn", "scikit-learn", "jupyterlab"):
-        assert needed in project["dependencies"]
-    assert {"pytest", "nbval"} <= set(project["optional-dependencies"]["dev"])
+    names = {d.split("==")[0] for d in project["dependencies"]}
+    assert {"torch", "torchvision", "papermill", "seaborn", "scikit-learn", "jupyterlab", "mlxtend", "scikit-image"} <= names
+    assert "torch==2.14.1" in project["dependencies"] and "torchvision==0.29.1" in project["dependencies"]
+    assert all("==" in d for d in project["dependencies"]), "every dependency is pinned exactly"
+    assert {d.split("==")[0] for d in project["optional-dependencies"]["dev"]} >= {"pytest", "nbval"}
 
 
 def test_ci_runs_make_test():

@@ -1,0 +1,70 @@
+"""Model families shared by the notebooks: the same data, recipe and budget for every model.
+
+``family(base, seeds)`` maps a display name to one config per seed. Models differ only in the
+fields named in ``VARIANTS``; everything else comes from ``base`` (the profile's size).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ersm.config import TrainConfig
+from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
+from ersm.metrics.stats import mean_ci
+from ersm.train import get_model, test_data, training_history
+
+DENSE, PAPER, CALIBRATED, CUTOUT = "dense", "ERSM paper", "ERSM calibrated", "dense + Cutout"
+CONTROL, CALIBRATED_CONTROL = "ERSM paper, beta=0", "ERSM calibrated, beta=0"  # the regulariser off
+VARIANTS = {
+    DENSE: dict(model="dense"),
+    PAPER: dict(model="paper"),
+    CALIBRATED: dict(model="calibrated"),
+    CUTOUT: dict(model="dense", augmentation="cutout"),
+    CONTROL: dict(model="paper", beta=0.0),
+    CALIBRATED_CONTROL: dict(model="calibrated", beta=0.0),
+}
+
+
+def base_config(canvas: int, n_train: int, n_test: int, epochs: int, **changes) -> TrainConfig:
+    """The profile's shared recipe (a 48 canvas cuts out 16 px, DeVries and Taylor's ratio for 32 px is 1/2; we use 1/3)."""
+    return TrainConfig(canvas=canvas, n_train=n_train, n_test=n_test, epochs=epochs, cutout_size=canvas // 3, **changes)
+
+
+def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)) -> dict[str, list[TrainConfig]]:
+    return {name: [base.replace(seed=seed, **VARIANTS[name]) for seed in seeds] for name in names}
+
+
+def train_all(configs: dict[str, list[TrainConfig]]) -> dict[str, list]:
+    """Trained models (from the cache when present), same layout as ``configs``."""
+    return {name: [get_model(config) for config in runs] for name, runs in configs.items()}
+
+
+def histories(configs: dict[str, list[TrainConfig]]) -> pd.DataFrame:
+    """Per-epoch training records: one row per (model, seed, epoch)."""
+    rows = [{"model": name, "seed": config.seed, **record}
+            for name, runs in configs.items() for config in runs for record in training_history(config)]
+    return pd.DataFrame(rows)
+
+
+def summarise(frame: pd.DataFrame, value: str, by: str = "model") -> pd.DataFrame:
+    """Mean and Student-t 95% interval of ``value`` over seeds, per ``by`` group."""
+    rows = []
+    for key, group in frame.groupby(by, sort=False):
+        mean, lo, hi = mean_ci(group[value].to_numpy())
+        rows.append({by: key, "mean": mean, "ci_lo": lo, "ci_hi": hi, "n": len(group)})
+    return pd.DataFrame(rows)
+
+
+def paired_seed_difference(frame: pd.DataFrame, value: str, treatment: str, baseline: str) -> tuple[float, float, float]:
+    """Mean over seeds of ``value(treatment) - value(baseline)`` paired by seed, with a t interval."""
+    pivot = frame.pivot(index="seed", columns="model", values=value)
+    return mean_ci((pivot[treatment] - pivot[baseline]).to_numpy())
+
+
+def test_set(base: TrainConfig, background: str = "random"):
+    """``(images, labels, masks)`` of the profile's test split."""
+    return test_data(base, background)
+
+
+def as_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,113 @@
+"""Seaborn figure helpers shared by the notebooks. Each returns a matplotlib Figure."""
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from ersm.paths import atomic_write_bytes, figures_dir
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save(fig, name: str, profile: str) -> None:
+    """Write ``figures/<name>.png`` for the full profile; ci figures stay inline in the notebook."""
+    if profile == "full":
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        atomic_write_bytes(figures_dir() / f"{name}.png", buffer.getvalue())
+
+
+def training_curves(history: pd.DataFrame):
+    """Test accuracy and training loss per epoch, mean and band over seeds, per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    frame = history.assign(test_accuracy=100 * history["test_accuracy"])
+    sns.lineplot(frame, x="epoch", y="test_accuracy", hue="model", marker="o", ax=axes[0])
+    sns.lineplot(frame, x="epoch", y="cross_entropy", hue="model", marker="o", ax=axes[1], legend=False)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].set_ylabel("training cross-entropy")
+    fig.tight_layout()
+    return fig
+
+
+def mask_histograms(masks: dict, names: list[str]):
+    """Histograms of raw mask values and of the relative mask m / max(m), per model (seed 0)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name in names:
+        mask = next(m for (n, _), m in masks.items() if n == name)
+        relative = mask / mask.amax(dim=(1, 2, 3), keepdim=True)
+        axes[0].hist(mask.flatten().numpy(), bins=60, alpha=0.55, label=name, density=True)
+        axes[1].hist(relative.flatten().numpy(), bins=60, alpha=0.55, label=name, density=True)
+    axes[0].set_xlabel("mask m")
+    axes[1].set_xlabel("relative mask m / max(m)")
+    axes[1].axvline(0.5, color="k", lw=1, ls="--")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mask_examples(images, masks: dict, names: list[str], n: int = 6):
+    """Test images and each model's mask (seed 0) side by side."""
+    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.6 * n, 1.6 * (len(names) + 1)))
+    for j in range(n):
+        axes[0, j].imshow(images[j, 0], cmap="gray", vmin=0, vmax=1)
+        for i, name in enumerate(names, start=1):
+            mask = next(m for (k, _), m in masks.items() if k == name)
+            axes[i, j].imshow(mask[j, 0], cmap="magma")
+    for i, title in enumerate(["image", *names]):
+        axes[i, 0].set_ylabel(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def epoch_lines(history: pd.DataFrame, columns: list[str], ylabel: str):
+    """Any per-epoch columns, one panel each, mean and band over seeds per model."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        sns.lineplot(history, x="epoch", y=column, hue="model", marker="o", ax=ax, legend=ax is axes[0, 0])
+        ax.set_title(column, fontsize=9)
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_curves(curves: pd.DataFrame):
+    """Accuracy against occluded share, one panel per (kind, fill), mean and band over seeds."""
+    grid = sns.relplot(curves, x="fraction", y="accuracy", hue="model", col="kind", row="fill", kind="line",
+                       marker="o", height=2.8, aspect=1.2, errorbar=("ci", 95))
+    grid.set_axis_labels("occluded share", "accuracy (%)")
+    return grid.figure
+
+
+def deletion_curves(curves: dict[str, np.ndarray], title: str):
+    """Mean curve per ranking method over the removed share ``[S]``."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, values in curves.items():
+        ax.plot(np.linspace(0, 1, values.shape[-1]), values.mean(axis=0), label=name)
+    ax.set_xlabel("share of tokens removed")
+    ax.set_ylabel("probability of the predicted class")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def map_grid(images, masks, maps: dict, n: int = 6):
+    """Image with its ground-truth outline, then each token map, for the first ``n`` images."""
+    fig, axes = plt.subplots(n, len(maps) + 1, figsize=(1.5 * (len(maps) + 1), 1.5 * n))
+    for i in range(n):
+        axes[i, 0].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].contour(masks[i, 0].float().numpy(), levels=[0.5], colors="red", linewidths=0.8)
+        for j, values in enumerate(maps.values(), start=1):
+            axes[i, j].imshow(values[i].float().numpy(), cmap="magma")
+    for j, title in enumerate(["image", *maps]):
+        axes[0, j].set_title(title, fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,86 @@
+"""Verdict rules and the claim definitions the notebooks rely on, on synthetic inputs."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ersm.experiments import mask_quality, occlusion, sparsity
+from ersm.experiments.common import paired_seed_difference
+from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, claims_markdown, non_inferiority, superiority, threshold
+
+
+@pytest.mark.parametrize("lo, hi, expected", [(0.1, 2.0, SUPPORTED), (-2.0, -0.1, NOT_SUPPORTED), (-1.0, 1.0, INCONCLUSIVE),
+                                              (0.0, 1.0, INCONCLUSIVE)])
+def test_superiority(lo, hi, expected):
+    assert superiority(lo, hi) == expected
+
+
+@pytest.mark.parametrize("lo, hi, expected", [(-0.9, 0.5, SUPPORTED), (-3.0, -1.2, NOT_SUPPORTED), (-1.5, 0.2, INCONCLUSIVE)])
+def test_non_inferiority_margin_one(lo, hi, expected):
+    assert non_inferiority(lo, hi, margin=1.0) == expected
+
+
+def test_threshold_and_markdown():
+    assert threshold(0.06, 0.1, 0.05) == SUPPORTED and threshold(0.01, 0.04, 0.05) == NOT_SUPPORTED
+    row = dict(claim="c", metric="m", baseline_name="dense", baseline=1.0, ersm=2.0, difference=1.0, lo=0.5, hi=1.5,
+               rule="r", verdict=SUPPORTED)
+    table = claims_markdown([row])
+    assert "| c | m | dense: 1.00 | 2.00 | 1.00 [0.50, 1.50] | **SUPPORTED** |" in table
+
+
+def test_paired_seed_difference_pairs_by_seed():
+    frame = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b"], "seed": [0, 1, 2, 0, 1, 2],
+                          "accuracy": [90.0, 80.0, 70.0, 91.0, 81.0, 71.0]})
+    diff, lo, hi = paired_seed_difference(frame, "accuracy", "b", "a")
+    assert diff == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+
+
+def test_kept_share_reads_the_relative_mask():
+    mask = torch.full((2, 1, 2, 2), 0.01)
+    mask[0, 0, 0, 0] = 0.02           # image 0: one token at the max, three at half of it -> all kept
+    mask[1, 0, 0, 0] = 0.4            # image 1: one token kept, three suppressed
+    np.testing.assert_allclose(sparsity.kept_share(mask), [1.0, 0.25])
+
+
+def test_degeneracy_flags():
+    half = torch.full((4, 1, 3, 3), 0.499)
+    assert sparsity.degeneracy(half)["collapsed_at_half"] and sparsity.degeneracy(half)["uniform"]
+    zero = torch.full((4, 1, 3, 3), 1e-4)
+    zero[:, :, 0, 0] = 5e-3
+    flags = sparsity.degeneracy(zero)
+    assert flags["collapsed_to_zero"] and not flags["collapsed_at_half"] and not flags["uniform"]
+    spread = torch.rand(4, 1, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.05
+    assert not any(sparsity.degeneracy(spread)[k] for k in ("collapsed_at_half", "collapsed_to_zero", "uniform"))
+
+
+def test_emergence_is_not_supported_when_degenerate():
+    frame = pd.DataFrame({"model": ["e"] * 3 + ["c"] * 3, "seed": [0, 1, 2] * 2, "suppressed_share": [0.6, 0.62, 0.61, 0.1, 0.12, 0.11],
+                          "collapsed_at_half": [False] * 6, "collapsed_to_zero": [False, True, False] + [False] * 3, "uniform": [False] * 6})
+    assert sparsity.emergence_claim(frame, "e", "c").verdict == NOT_SUPPORTED
+    frame.loc[1, "collapsed_to_zero"] = False
+    assert sparsity.emergence_claim(frame, "e", "c").verdict == SUPPORTED
+
+
+def test_occlusion_claim_uses_high_fractions_only():
+    fractions = [0.0, 0.3, 0.5]
+    n = 200
+    good = np.ones((3, n), dtype=bool)
+    bad = np.ones((3, n), dtype=bool)
+    bad[1:] = False                      # fails only at 30% and 50%
+    correct = {("A", s, "square", "zero"): good for s in (0, 1)} | {("B", s, "square", "zero"): bad for s in (0, 1)}
+    claim = occlusion.occlusion_claim(correct, fractions, "A", "B", n_boot=200)
+    assert claim.difference == pytest.approx(100.0) and claim.verdict == SUPPORTED
+    reverse = occlusion.occlusion_claim(correct, fractions, "B", "A", n_boot=200)
+    assert reverse.verdict == NOT_SUPPORTED
+
+
+def test_mask_quality_ignores_constant_offsets():
+    masks = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, :4, :4] = True
+    maps = torch.zeros(3, 4, 4)
+    maps[:, :2, :2] = 1.0                 # all mass on the object's tokens
+    a = mask_quality.localisation_scores(maps, masks, tolerance=0)
+    b = mask_quality.localisation_scores(maps + 7.0, masks, tolerance=0)
+    for metric in mask_quality.METRICS:
+        np.testing.assert_allclose(a[metric], b[metric])
+    assert a["pointing game"].all() and a["pixel AUROC"].min() > 0.9

@@ -1,0 +1,122 @@
+"""``ersm reproduce`` end to end on a fixture notebook, and the committed notebooks' parameters.
+
+The fixture notebook runs in a real kernel through papermill (a few seconds), inside a
+temporary ``ERSM_HOME``, so the repository's ``runs/`` and ``results/`` are never touched.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ersm.profiles import parameters
+from ersm.reproduce import declared_parameters, reproduce
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = "01_fixture"
+INJECTED = {"PROFILE": "full", "SEEDS": [0, 1], "SCALE": 2.0}
+
+PARAMETERS_CELL = 'PROFILE = "ci"\nSEEDS = [0]\nSCALE = 1.0'
+# the claim's numbers are computed from the parameters, so the table shows whether they were injected
+RESULTS_CELL = '''\
+import ersm.results
+
+value = len(SEEDS) * SCALE
+ersm.results.Run("01_fixture", PROFILE, {"SEEDS": SEEDS, "SCALE": SCALE}).save({"claims": [dict(
+    claim="fixture claim", metric="seeds times scale", baseline_name="one", baseline=1.0, ersm=value,
+    difference=value - 1.0, lo=value - 1.5, hi=value - 0.5, rule="superiority", verdict="SUPPORTED")]})
+print("value", value)
+'''
+
+
+@pytest.fixture
+def notebooks(tmp_path, monkeypatch) -> Path:
+    """``tmp_path/notebooks/01_fixture.ipynb`` with ERSM_HOME pointing at ``tmp_path``."""
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path))  # inherited by the kernel papermill starts
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_markdown_cell("# Fixture"),
+                  nbformat.v4.new_code_cell(PARAMETERS_CELL, metadata={"tags": ["parameters"]}),
+                  nbformat.v4.new_code_cell(RESULTS_CELL)]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, folder / f"{FIXTURE}.ipynb")
+    return folder
+
+
+def test_reproduce_runs_the_notebook_with_injected_parameters(notebooks, tmp_path):
+    claims = reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: dict(INJECTED))
+
+    executed = nbformat.read(tmp_path / "runs" / "full" / f"{FIXTURE}.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    assert "SEEDS = [0, 1]" in injected[0].source and "SCALE = 2.0" in injected[0].source
+    outputs = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "value 4.0" in outputs  # 2 seeds x scale 2.0, not the defaults' 1 x 1.0
+
+    record = json.loads((tmp_path / "results" / "full" / f"{FIXTURE}.json").read_text())
+    assert record["profile"] == "full"
+    assert record["parameters"] == {"SEEDS": [0, 1], "SCALE": 2.0}
+    assert {"commit", "dirty", "versions", "device", "wall_seconds"} <= set(record["provenance"])
+    assert record["provenance"]["versions"]["torch"]
+    assert record["claims"][0]["ersm"] == 4.0
+
+    assert claims == tmp_path / "results" / "full" / "claims.md"
+    table = claims.read_text()
+    assert "profile `full`" in table
+    row = next(line for line in table.splitlines() if "fixture claim" in line)
+    assert "4.00" in row and "**SUPPORTED**" in row and "seeds times scale" in row
+
+
+@pytest.mark.parametrize("given, name", [
+    ({"SEEDZ": [0]}, "SEEDZ"),           # a typo papermill would only warn about
+    ({"SEEDS": "0"}, "SEEDS"),           # a string where the notebook declares a list
+    ({"SCALE": True}, "SCALE"),          # a bool is not a float
+])
+def test_bad_parameters_are_refused_before_any_notebook_runs(notebooks, tmp_path, given, name):
+    with pytest.raises(ValueError, match=name):
+        reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: given)
+    assert not (tmp_path / "runs" / "full" / f"{FIXTURE}.ipynb").exists()
+
+
+def test_int_is_accepted_for_a_float_parameter(notebooks):
+    # must not raise: SCALE = 2 is a fine float (validation only; nothing is executed here)
+    from ersm.profiles import validate
+
+    validate(FIXTURE, {"SCALE": 2}, declared_parameters(notebooks / f"{FIXTURE}.ipynb"))
+
+
+def test_unknown_profile_is_refused(notebooks):
+    with pytest.raises(ValueError, match="huge"):
+        reproduce("huge", notebooks_dir=notebooks, parameters_for=lambda stem, profile: {})
+
+
+def test_inplace_is_refused_for_full(notebooks):
+    before = (notebooks / f"{FIXTURE}.ipynb").read_bytes()
+    with pytest.raises(ValueError, match="inplace"):
+        reproduce("full", inplace=True, notebooks_dir=notebooks, parameters_for=lambda stem, profile: {})
+    assert (notebooks / f"{FIXTURE}.ipynb").read_bytes() == before
+
+
+def test_only_must_match_a_notebook(notebooks):
+    with pytest.raises(ValueError, match="99"):
+        reproduce("full", only="99", notebooks_dir=notebooks, parameters_for=lambda stem, profile: {})
+
+
+def test_declared_parameters_reads_the_literal_defaults(notebooks):
+    assert declared_parameters(notebooks / f"{FIXTURE}.ipynb") == {"PROFILE": "ci", "SEEDS": [0], "SCALE": 1.0}
+
+
+COMMITTED = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed notebooks yet")
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_committed_notebook_defaults_equal_the_ci_profile(path):
+    # nbval re-executes the committed notebooks with their own defaults: they must be the ci profile
+    book = nbformat.read(path, as_version=4)
+    first_code = next(c for c in book.cells if c.cell_type == "code")
+    assert "parameters" in first_code.metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert declared_parameters(path) == parameters(path.stem, "ci")

@@ -1,0 +1,306 @@
+"""The training engine: cache, determinism, resume, corrupt checkpoints, NaN guard, config checks, CLI.
+
+Every test trains tiny configs (96 images, 2 epochs) into a temporary ``ERSM_HOME``, so nothing
+here touches the repository's ``runs/``. Run with ``ERSM_THREADS=1`` on a shared machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import ersm.checkpoint
+import ersm.train
+from ersm.augment import cutout
+from ersm.checkpoint import load_checkpoint
+from ersm.cli import main
+from ersm.config import TrainConfig, from_dict
+from ersm.loss import Objective
+from ersm.paths import cache_dir
+
+TINY = TrainConfig(model="paper", n_train=96, n_test=64, epochs=2, batch_size=32, canvas=48)
+STEPS_PER_EPOCH = 3  # ceil(96 / 32)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A fresh cache per test: ``ersm.paths`` reads ERSM_HOME at call time."""
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path))
+    return tmp_path
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+def history(run_dir, drop=("seconds",)) -> list[dict]:
+    """metrics.jsonl without the wall-clock field, which legitimately differs run to run."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def count_epochs(monkeypatch) -> list[int]:
+    """Wrap ``train_one_epoch`` so the test sees which epochs actually ran."""
+    ran, original = [], ersm.train.train_one_epoch
+
+    def counting(config, model, optimizer, scheduler, images, labels, epoch, *rest):
+        ran.append(epoch)
+        return original(config, model, optimizer, scheduler, images, labels, epoch, *rest)
+
+    monkeypatch.setattr(ersm.train, "train_one_epoch", counting)
+    return ran
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+def test_second_get_model_is_a_cache_hit(monkeypatch):
+    ran = count_epochs(monkeypatch)
+    first = ersm.train.get_model(TINY)
+    assert ran == [0, 1]
+    assert (cache_dir() / TINY.digest() / "checkpoint.pt").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached config must not be trained again")
+
+    monkeypatch.setattr(ersm.train, "train_one_epoch", no_training)
+    second = ersm.train.get_model(TINY)
+    assert_same_weights(first, second)
+    assert not second.training
+
+
+def test_longer_config_is_a_different_cache_entry(monkeypatch):
+    # the epoch count is part of the config, so it must not reuse (or extend) the 2-epoch model
+    ersm.train.get_model(TINY)
+    ran = count_epochs(monkeypatch)
+    ersm.train.get_model(TINY.replace(epochs=3))
+    assert ran == [0, 1, 2]
+
+
+# --- determinism and resume ------------------------------------------------------------------
+
+def test_same_config_trains_bit_identically(tmp_path):
+    a = ersm.train.train(TINY, tmp_path / "a")
+    b = ersm.train.train(TINY, tmp_path / "b")
+    assert_same_weights(a, b)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    assert len(history(tmp_path / "a")) == TINY.epochs
+    assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+
+
+def test_different_seed_trains_differently(tmp_path):
+    # guards the determinism test against passing because nothing depends on the seed
+    a = ersm.train.train(TINY, tmp_path / "a")
+    b = ersm.train.train(TINY.replace(seed=1), tmp_path / "b")
+    assert not torch.equal(a.state_dict()["stem.0.weight"], b.state_dict()["stem.0.weight"])
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(),                                                       # AdamW, no augmentation
+    dict(optimizer="sgd", augmentation="cutout", cutout_size=8),  # SGD momentum + per-epoch cutout draws
+])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, recipe):
+    config = TINY.replace(epochs=3, **recipe)
+    ran = count_epochs(monkeypatch)
+    ersm.train.train(config, tmp_path / "a", stop_after_epoch=1)
+    assert ran == [0]
+    assert load_checkpoint(tmp_path / "a")["epoch"] == 1
+    resumed = ersm.train.train(config, tmp_path / "a")
+    assert ran == [0, 1, 2], "the resumed run must start at epoch 2, not retrain epoch 1"
+    straight = ersm.train.train(config, tmp_path / "b")
+    assert_same_weights(resumed, straight)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+
+
+# --- corrupt checkpoints -----------------------------------------------------------------------
+
+def flip_bytes(run_dir):
+    path = run_dir / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(run_dir):
+    path = run_dir / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def delete_manifest(run_dir):
+    (run_dir / "checkpoint.json").unlink()
+
+
+def swap_payload(run_dir):
+    # a perfectly loadable checkpoint with wrong (zeroed) weights: only the hash can catch it
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}
+    torch.save(state, run_dir / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("corrupt", [flip_bytes, truncate, delete_manifest, swap_payload])
+def test_corrupt_checkpoint_warns_and_retrains(monkeypatch, corrupt):
+    clean = ersm.train.get_model(TINY)
+    run_dir = cache_dir() / TINY.digest()
+    corrupt(run_dir)
+
+    loaded = []
+    real_load = torch.load
+    monkeypatch.setattr(ersm.checkpoint.torch, "load", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    ran = count_epochs(monkeypatch)
+    with pytest.warns(UserWarning, match="corrupt checkpoint"):
+        again = ersm.train.get_model(TINY)
+    assert loaded == [], "a checkpoint that fails verification must never reach torch.load"
+    assert ran == [0, 1], "the model must be retrained from scratch"
+    assert_same_weights(clean, again)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rewritten checkpoint verifies again
+        assert load_checkpoint(run_dir)["epoch"] == TINY.epochs
+
+
+# --- non-finite loss -----------------------------------------------------------------------------
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatch):
+    calls, real = [], ersm.train.ersm_objective
+    poisoned_call = STEPS_PER_EPOCH + 2  # epoch 2, step 2
+
+    def objective(logits, targets, model, beta):
+        calls.append(1)
+        result = real(logits, targets, model, beta)
+        if len(calls) == poisoned_call:
+            return Objective(result.total * float("nan"), result.cross_entropy, result.regularizer)
+        return result
+
+    monkeypatch.setattr(ersm.train, "ersm_objective", objective)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 2\b"):
+        ersm.train.get_model(TINY)
+    run_dir = cache_dir() / TINY.digest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = load_checkpoint(run_dir)
+    assert state["epoch"] == 1
+    assert len(history(run_dir)) == 1
+
+    # once the cause is gone, training resumes from epoch 2 and matches an uninterrupted run
+    monkeypatch.setattr(ersm.train, "ersm_objective", real)
+    resumed = ersm.train.get_model(TINY)
+    assert_same_weights(resumed, ersm.train.train(TINY, run_dir.parent / "straight"))
+
+
+# --- config validation -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values, field", [
+    ({"colour": "red"}, "colour"),
+    ({"epochs": "3"}, "epochs"),
+    ({"lr": "fast"}, "lr"),
+    ({"epochs": True}, "epochs"),
+    ({"beta": None}, "beta"),
+    ({"background_label_correlation": 1.5}, "background_label_correlation"),
+    ({"background_label_correlation": -0.1}, "background_label_correlation"),
+    ({"n_train": 0}, "n_train"),
+    ({"lr": float("nan")}, "lr"),
+    ({"model": "sparse"}, "model"),
+    ({"augmentation": "mixup"}, "augmentation"),
+    ({"backbone": "vit"}, "backbone"),
+    ({"neighbourhood": 6}, "neighbourhood"),
+])
+def test_bad_config_is_refused_naming_the_field(values, field):
+    with pytest.raises(ValueError, match=field):
+        from_dict(values)
+
+
+def test_int_for_float_field_is_the_same_config():
+    # ``--set lr=1`` and ``lr=1.0`` must name the same cache entry
+    assert from_dict({"lr": 1}) == from_dict({"lr": 1.0})
+    assert from_dict({"lr": 1}).digest() == from_dict({"lr": 1.0}).digest()
+    assert isinstance(from_dict({"lr": 1}).lr, float)
+
+
+def other_value(field: dataclasses.Field):
+    """A valid value different from the field's default."""
+    alternatives = {"backbone": "resnet18", "model": "paper", "insert_after": "layer1", "neighbourhood": 4,
+                    "augmentation": "cutout", "optimizer": "sgd", "background_label_correlation": 0.5}
+    if field.name in alternatives:
+        return alternatives[field.name]
+    return field.default + (1 if isinstance(field.default, int) else 0.5)
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
+def test_every_field_changes_the_cache_key(field):
+    base = TrainConfig()
+    assert base.replace(**{field.name: other_value(field)}).digest() != base.digest()
+
+
+# --- cutout ------------------------------------------------------------------------------------------
+
+def test_cutout_hides_one_square_per_image():
+    images = torch.rand(200, 3, 48, 48) + 0.1  # no zeros of its own
+    size = 8
+    out = cutout(images, size, torch.Generator().manual_seed(0))
+    assert images.min() > 0, "the input must not be changed in place"
+    hidden = out == 0
+    assert torch.equal(hidden, hidden[:, :1].expand_as(hidden)), "the same square in every channel"
+    interior = 0
+    for square in hidden[:, 0]:
+        rows, cols = square.any(1).nonzero().flatten(), square.any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "every image loses something"
+        box = square[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+        assert box.all() and int(square.sum()) == box.numel(), "the hidden pixels form one rectangle"
+        assert len(rows) <= size and len(cols) <= size
+        touches_border = rows.min() == 0 or cols.min() == 0 or rows.max() == 47 or cols.max() == 47
+        if not touches_border:
+            assert int(square.sum()) == size * size
+            interior += 1
+    assert interior > 100  # centres are uniform: most squares lie fully inside a 48 px image
+    kept = ~hidden
+    assert torch.equal(out[kept], images[kept])
+
+
+def test_cutout_is_deterministic_per_generator():
+    images = torch.rand(16, 1, 32, 32)
+    a = cutout(images, 10, torch.Generator().manual_seed(3))
+    b = cutout(images, 10, torch.Generator().manual_seed(3))
+    c = cutout(images, 10, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_cutout_refuses_empty_square():
+    with pytest.raises(ValueError, match="size"):
+        cutout(torch.rand(1, 1, 8, 8), 0, torch.Generator())
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def test_cli_train_trains_into_the_cache_and_prints_the_digest(home, capsys):
+    settings = ["model=paper", "n_train=64", "n_test=32", "epochs=1", "batch_size=32"]
+    argv = ["train"] + [arg for s in settings for arg in ("--set", s)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = from_dict({"model": "paper", "n_train": 64, "n_test": 32, "epochs": 1, "batch_size": 32})
+    assert printed["config"] == expected.digest()
+    assert printed["final"]["epoch"] == 1
+    assert 0.0 <= printed["final"]["test_accuracy"] <= 1.0
+    run_dir = home / "runs" / "cache" / expected.digest()
+    assert load_checkpoint(run_dir)["epoch"] == 1
+
+
+def test_cli_train_reads_a_config_file(home, tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": "calibrated", "n_train": 64, "n_test": 32, "epochs": 1}))
+    assert main(["train", "--config", str(path), "--set", "batch_size=32"]) == 0
+    expected = from_dict({"model": "calibrated", "n_train": 64, "n_test": 32, "epochs": 1, "batch_size": 32})
+    assert json.loads(capsys.readouterr().out)["config"] == expected.digest()
+
+
+def test_python_m_ersm_help_lists_the_commands():
+    done = subprocess.run([sys.executable, "-m", "ersm", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "reproduce", "bench"):
+        assert command in done.stdout

@@ -120,3 +120,15 @@ def test_committed_notebook_defaults_equal_the_ci_profile(path):
     first_code = next(c for c in book.cells if c.cell_type == "code")
     assert "parameters" in first_code.metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert declared_parameters(path) == parameters(path.stem, "ci")
+
+
+def test_update_readme_replaces_only_its_profile_block(tmp_path, monkeypatch):
+    from ersm.reproduce import update_readme
+
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- claims:ci -->\nold ci\n<!-- /claims:ci -->\nmid\n<!-- claims:full -->\nold full\n<!-- /claims:full -->\nend\n")
+    update_readme("ci", "| new table |\n")
+    text = readme.read_text()
+    assert "| new table |" in text and "old ci" not in text
+    assert "old full" in text and text.startswith("intro\n") and text.endswith("end\n")

@@ -88,7 +88,11 @@ def adaptivity_claim(frame: pd.DataFrame, treatment: str, bar: float = 0.05) -> 
 
 
 def what_it_tracks(masks: dict, name: str, metadata: dict) -> pd.DataFrame:
-    """Spearman correlation of the per-image kept share with clutter and digit size, per seed."""
+    """Spearman correlation of the per-image kept share with clutter and digit size, over seeds.
+
+    A seed whose kept share is the same for every image has no defined correlation; ``n``
+    counts the seeds that enter each row.
+    """
     rows = []
     for (model_name, seed), mask in masks.items():
         if model_name != name:
@@ -100,4 +104,4 @@ def what_it_tracks(masks: dict, name: str, metadata: dict) -> pd.DataFrame:
             rows.append({"seed": seed, "factor": factor, "spearman": rho})
         by_background = pd.Series(kept).groupby(np.asarray(metadata["background"])).mean()
         rows.append({"seed": seed, "factor": "background (range of group means)", "spearman": by_background.max() - by_background.min()})
-    return pd.DataFrame(rows).groupby("factor")["spearman"].agg(["mean", "min", "max"]).reset_index()
+    return pd.DataFrame(rows).groupby("factor")["spearman"].agg(["mean", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()

@@ -2,13 +2,13 @@
 
 ``ci`` equals the parameter defaults written in each notebook's ``parameters`` cell (a test
 checks it), so ``pytest --nbval notebooks/`` re-executes exactly what was committed. ``full``
-is larger (64-pixel canvas, a 16x16 token grid, more training images, 5 seeds) and is injected by papermill.
+is larger (64-pixel canvas, a 16x16 token grid, 8 epochs instead of 6, 5 seeds) and is injected by papermill.
 """
 from __future__ import annotations
 
 COMMON = {
     "ci": dict(PROFILE="ci", SEEDS=[0, 1, 2], EPOCHS=6, N_TRAIN=2000, N_TEST=1000, CANVAS=48),
-    "full": dict(PROFILE="full", SEEDS=[0, 1, 2, 3, 4], EPOCHS=6, N_TRAIN=3000, N_TEST=1000, CANVAS=64),
+    "full": dict(PROFILE="full", SEEDS=[0, 1, 2, 3, 4], EPOCHS=8, N_TRAIN=2000, N_TEST=1000, CANVAS=64),
 }
 
 SPECIFIC = {

@@ -84,3 +84,16 @@ def test_mask_quality_ignores_constant_offsets():
     for metric in mask_quality.METRICS:
         np.testing.assert_allclose(a[metric], b[metric])
     assert a["pointing game"].all() and a["pixel AUROC"].min() > 0.9
+
+
+def test_curve_area_difference_is_trapezoid_of_per_image_curves():
+    fractions = [0.0, 0.25, 0.5]
+    n = 100
+    ok = np.ones((3, n), dtype=bool)
+    half = ok.copy()
+    half[2] = False                     # wrong only at the last point
+    correct = {("A", 0, "grid", "zero"): ok, ("B", 0, "grid", "zero"): half}
+    base, treat, diff, lo, hi = occlusion.curve_area_difference(correct, fractions, "A", "B", "grid", "zero", n_boot=200)
+    # B's curve 1, 1, 0 over [0, 0.5]: trapezoid area 0.375 / 0.5 = 0.75
+    assert base == pytest.approx(75.0) and treat == pytest.approx(100.0)
+    assert diff == pytest.approx(25.0) and lo == pytest.approx(25.0) and hi == pytest.approx(25.0)

@@ -83,6 +83,22 @@ def occlusion_claim(correct: dict, fractions: list[float], treatment: str, basel
         verdict=superiority(lo, hi))
 
 
+def curve_area_difference(correct: dict, fractions: list[float], treatment: str, baseline: str, kind: str, fill: str,
+                          n_boot: int = 2000) -> tuple[float, float, float, float, float]:
+    """Area under the robustness curve (accuracy %, trapezoid over the fractions / their range).
+
+    Per test image the area of its seed-averaged correctness curve; returns ``(baseline area,
+    treatment area, difference, lo, hi)`` with a paired bootstrap over images.
+    """
+    rows = np.ones(len(fractions), dtype=bool)
+    span = fractions[-1] - fractions[0]
+    curves = {name: np.mean([hits[rows] for (n, _, k, f), hits in correct.items() if (n, k, f) == (name, kind, fill)], axis=0)
+              for name in (treatment, baseline)}
+    area = {name: 100 * np.trapezoid(c, fractions, axis=0) / span for name, c in curves.items()}
+    diff, lo, hi = paired_bootstrap(area[treatment], area[baseline], n_boot=n_boot, seed=0)
+    return area[baseline].mean(), area[treatment].mean(), diff, lo, hi
+
+
 def background_gaps(models: dict[str, list], aligned, swapped) -> dict[str, np.ndarray]:
     """Per image, correct(aligned) - correct(swapped) averaged over seeds, for each model family."""
     gaps = {}

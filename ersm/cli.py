@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             values = json.loads(args.config.read_text()) if args.config else {}
+            if not isinstance(values, dict):
+                raise ValueError(f"--config {args.config} must hold a JSON object of TrainConfig fields, not {type(values).__name__}")
             values.update(dict(parse_assignment(item) for item in args.set))
             config = from_dict(values)
             from ersm.train import get_model, training_history

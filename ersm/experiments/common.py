@@ -5,7 +5,6 @@ fields named in ``VARIANTS``; everything else comes from ``base`` (the profile's
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from ersm.config import TrainConfig
@@ -64,7 +63,3 @@ def paired_seed_difference(frame: pd.DataFrame, value: str, treatment: str, base
 def test_set(base: TrainConfig, background: str = "random"):
     """``(images, labels, masks)`` of the profile's test split."""
     return test_data(base, background)
-
-
-def as_numpy(t) -> np.ndarray:
-    return t.detach().cpu().numpy()

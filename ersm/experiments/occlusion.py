@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ersm.data import occlude
 from ersm.inference import predict
@@ -71,6 +70,8 @@ def seed_averaged(correct: dict, name: str, kind: str, fill: str, rows: np.ndarr
 def occlusion_claim(correct: dict, fractions: list[float], treatment: str, baseline: str, n_boot: int = 2000,
                     kind: str = PRIMARY[0], fill: str = PRIMARY[1], at_least: float = 0.3) -> Claim:
     rows = np.asarray(fractions) >= at_least - 1e-9
+    if not rows.any():
+        raise ValueError(f"at_least={at_least!r}: no occluded share in fractions={fractions} reaches it")
     a = 100 * seed_averaged(correct, treatment, kind, fill, rows)
     b = 100 * seed_averaged(correct, baseline, kind, fill, rows)
     diff, lo, hi = paired_bootstrap(a, b, n_boot=n_boot, seed=0)

@@ -55,6 +55,8 @@ def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.
     for name in models:
         for model, config in zip(models[name], configs[name]):
             mask = predict(model, images).mask
+            if mask is None:
+                raise ValueError(f"model {name!r} (seed {config.seed}) has no EnergyMask; sparsity needs an ERSM model")
             masks[name, config.seed] = mask
             kept = kept_share(mask)
             rows.append({"model": name, "seed": config.seed, "mean_mask": mask.mean().item(),

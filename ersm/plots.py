@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ersm.experiments.sparsity import relative_mask
 from ersm.paths import atomic_write_bytes, figures_dir
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -38,7 +39,7 @@ def mask_histograms(masks: dict, names: list[str]):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for name in names:
         mask = next(m for (n, _), m in masks.items() if n == name)
-        relative = mask / mask.amax(dim=(1, 2, 3), keepdim=True)
+        relative = relative_mask(mask)
         axes[0].hist(mask.flatten().numpy(), bins=60, alpha=0.55, label=name, density=True)
         axes[1].hist(relative.flatten().numpy(), bins=60, alpha=0.55, label=name, density=True)
     axes[0].set_xlabel("mask m")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ersm.metrics.localisation import energy_pointing, pixel_auroc, pointing_game, topk_iou
+from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
 from ersm.metrics.stats import paired_bootstrap
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, superiority
 
@@ -74,4 +74,4 @@ def quality_claims(scores: dict[str, dict[str, np.ndarray]], ersm_name: str, bas
 
 def background_share(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """Share of each (shifted) map's mass on the background: ``[N]``."""
-    return 1 - energy_pointing(shifted(maps.float()), masks).numpy()
+    return background_mass(shifted(maps.float()), masks).numpy()

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import EnergyMask
+from ersm.layer import energy_masks
 
 
 class Outputs(NamedTuple):
@@ -24,7 +24,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Ou
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    layers = [m for m in model.modules() if isinstance(m, EnergyMask)]
+    layers = [layer for _, layer in energy_masks(model)]
     logits, masks, unaries, energies = [], [], [], []
     for batch in images.split(batch_size):
         logits.append(model(batch.to(device)).float().cpu())

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from ersm.layer import EnergyMask
+from ersm.layer import EnergyMask, energy_masks
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -117,7 +117,7 @@ def count_parameters(model: nn.Module) -> int:
 @torch.no_grad()
 def energy_terms_of(model: nn.Module):
     """The ``EnergyTerms`` of the model's single EnergyMask from its last forward."""
-    layers = [m for m in model.modules() if isinstance(m, EnergyMask)]
+    layers = [layer for _, layer in energy_masks(model)]
     if len(layers) != 1:
         raise ValueError(f"model has {len(layers)} EnergyMask layers; expected exactly one")
     if layers[0].terms is None:

@@ -34,11 +34,19 @@ from ersm.seeding import default_device, derived_seed, seed_everything
 MASK_THRESHOLDS = (0.05, 0.1, 0.25)
 
 
+def _dataset(split: str, n: int, canvas: int, clutter: int, rho: float, seed: int, background: str) -> ClutteredDigits:
+    return ClutteredDigits(split, n, canvas=canvas, seed=seed, clutter=(0, clutter), background=background,
+                           background_label_correlation=rho)
+
+
 @functools.lru_cache(maxsize=8)
-def _digits(split: str, n: int, canvas: int, clutter: int, rho: float, seed: int, background: str):
-    dataset = ClutteredDigits(split, n, canvas=canvas, seed=seed, clutter=(0, clutter), background=background,
-                              background_label_correlation=rho)
-    return dataset.tensors()
+def _digits(*args):
+    return _dataset(*args).tensors()
+
+
+def _test_args(config: TrainConfig, background: str) -> tuple:
+    """The test split's dataset arguments: no spurious correlation, its own seed."""
+    return ("test", config.n_test, config.canvas, config.clutter, 0.0, config.data_seed + 1, background)
 
 
 def training_data(config: TrainConfig):
@@ -49,7 +57,7 @@ def training_data(config: TrainConfig):
 
 def test_data(config: TrainConfig, background: str = "random"):
     """The config's test split (no spurious correlation; ``background`` picks aligned/swapped sets)."""
-    return _digits("test", config.n_test, config.canvas, config.clutter, 0.0, config.data_seed + 1, background)
+    return _digits(*_test_args(config, background))
 
 
 def make_model(config: TrainConfig) -> nn.Module:
@@ -175,5 +183,4 @@ def training_history(config: TrainConfig) -> list[dict]:
 
 def test_metadata(config: TrainConfig, background: str = "random") -> dict:
     """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
-    return ClutteredDigits("test", config.n_test, canvas=config.canvas, seed=config.data_seed + 1,
-                           clutter=(0, config.clutter), background=background).metadata()
+    return _dataset(*_test_args(config, background)).metadata()

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import EnergyMask
+from ersm.layer import EnergyMask, energy_masks
 from ersm.metrics.deletion import gradcam_scores, magnitude_scores, random_scores
 from ersm.models import split_at
 
@@ -53,7 +53,7 @@ def stage_view(model: nn.Module, images: torch.Tensor, stage: str = "layer2", se
     model.eval()
     encoder, head = split_at(model, stage)
     features, unmasked, masks, energies = [], [], [], []
-    layer = next((m for m in model.modules() if isinstance(m, EnergyMask)), None)
+    layer = next((layer for _, layer in energy_masks(model)), None)
     # one encoder pass per batch; a hook keeps the stage's output before the mask
     hook = stage_output(model, stage).register_forward_hook(lambda _m, _i, out: unmasked.append(out.detach()))
     try:

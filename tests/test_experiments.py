@@ -97,3 +97,25 @@ def test_curve_area_difference_is_trapezoid_of_per_image_curves():
     # B's curve 1, 1, 0 over [0, 0.5]: trapezoid area 0.375 / 0.5 = 0.75
     assert base == pytest.approx(75.0) and treat == pytest.approx(100.0)
     assert diff == pytest.approx(25.0) and lo == pytest.approx(25.0) and hi == pytest.approx(25.0)
+
+
+def test_occlusion_correctness_matches_one_prediction_per_condition():
+    """The reuse of clean predictions for conditions that hide nothing changes no entry."""
+    from ersm.data import ClutteredDigits, occlude
+    from ersm.models import build_model
+
+    images, labels, masks = ClutteredDigits("test", 24, canvas=48, seed=3).tensors()
+    torch.manual_seed(0)
+    models = {"m": [build_model("small_cnn", in_channels=1, num_classes=10).eval()]}
+    configs = {"m": [type("Config", (), {"seed": 7})()]}
+    fractions = [0.0, 0.2, 0.5]
+    correct = occlusion.occlusion_correctness(models, configs, (images, labels, masks), fractions,
+                                              kinds=("square", "object"), fills=("zero", "texture"), seed=1)
+    assert set(correct) == {("m", 7, k, f) for k in ("square", "object") for f in ("zero", "texture")}
+    model = models["m"][0]
+    for (_, _, kind, fill), hits in correct.items():
+        for row, fraction in enumerate(fractions):
+            occluded = occlude(images, fraction, kind=kind, fill=fill, seed=1, masks=masks)
+            with torch.no_grad():
+                expected = (model(occluded).argmax(1) == labels).numpy()
+            np.testing.assert_array_equal(hits[row], expected)

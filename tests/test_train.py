@@ -19,7 +19,7 @@ import ersm.train
 from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
 from ersm.cli import main
-from ersm.config import TrainConfig, from_dict
+from ersm.config import ERSM_ONLY_FIELDS, TrainConfig, from_dict
 from ersm.loss import Objective
 from ersm.paths import cache_dir
 
@@ -222,19 +222,42 @@ def test_int_for_float_field_is_the_same_config():
     assert isinstance(from_dict({"lr": 1}).lr, float)
 
 
-def other_value(field: dataclasses.Field):
-    """A valid value different from the field's default."""
-    alternatives = {"backbone": "resnet18", "model": "paper", "insert_after": "layer1", "neighbourhood": 4,
-                    "augmentation": "cutout", "optimizer": "sgd", "background_label_correlation": 0.5}
+def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
+    """A valid value different from the field's value in ``base``."""
+    alternatives = {"backbone": ["resnet18"], "model": ["paper", "calibrated"], "insert_after": ["layer1"],
+                    "neighbourhood": [4], "augmentation": ["cutout", "none"], "optimizer": ["sgd"],
+                    "background_label_correlation": [0.5]}
+    current = getattr(base, field.name)
     if field.name in alternatives:
-        return alternatives[field.name]
-    return field.default + (1 if isinstance(field.default, int) else 0.5)
+        return next(value for value in alternatives[field.name] if value != current)
+    return current + (1 if isinstance(current, int) else 0.5)
 
 
 @pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
-def test_every_field_changes_the_cache_key(field):
-    base = TrainConfig()
-    assert base.replace(**{field.name: other_value(field)}).digest() != base.digest()
+def test_every_field_changes_the_cache_key_of_a_model_it_can_change(field):
+    base = TrainConfig(model="paper", augmentation="cutout")
+    assert base.replace(**{field.name: other_value(field, base)}).digest() != base.digest()
+
+
+@pytest.mark.parametrize("field", ERSM_ONLY_FIELDS)
+def test_energy_mask_fields_do_not_split_the_cache_of_dense_models(field):
+    dense = TrainConfig(model="dense")
+    changed = dense.replace(**{field: other_value(next(f for f in dataclasses.fields(TrainConfig) if f.name == field))})
+    assert changed.digest() == dense.digest()
+
+
+def test_cutout_size_matters_only_with_cutout():
+    assert TrainConfig(cutout_size=8).digest() == TrainConfig(cutout_size=12).digest()
+    assert TrainConfig(augmentation="cutout", cutout_size=8).digest() != TrainConfig(augmentation="cutout", cutout_size=12).digest()
+
+
+def test_cache_key_names_the_torch_version_and_device(monkeypatch):
+    key = TrainConfig().digest()
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert TrainConfig().digest() != key
+    monkeypatch.undo()
+    monkeypatch.setattr("ersm.config.default_device", lambda: torch.device("cuda"))
+    assert TrainConfig().digest() != key
 
 
 # --- cutout ------------------------------------------------------------------------------------------

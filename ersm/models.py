@@ -5,7 +5,7 @@ Both backbones are ``nn.Sequential`` with named stages ``stem, layer1, ..., head
 A dense model and its ERSM twin differ only by the inserted layer: same stages, same
 initialisation for the same seed (the layer's parameters are created after the backbone's).
 
-- ``SmallCNN``: a 4-stage CNN for 1-channel 48x48 or 64x64 images (about 0.1 M parameters);
+- ``SmallCNN``: a 4-stage CNN for 1-channel 48x48 or 56x56 images (about 0.1 M parameters);
   ``layer2`` ends at 1/4 resolution (a 12x12 token grid on a 48x48 canvas).
 - ``resnet18_cifar``: torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
   max-pool), as in DeVries and Taylor (2017); ``layer2`` ends at 1/2 resolution.

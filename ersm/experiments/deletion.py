@@ -14,9 +14,11 @@ area with the ERSM-mask ranking minus the area with the magnitude ranking, avera
 seeds; paired bootstrap over images; SUPPORTED if the 95% interval lies above 0, NOT
 SUPPORTED if below, else INCONCLUSIVE. Every other protocol is reported with the same
 interval, oriented so that a positive difference favours the ERSM ranking. With the same
-substrate, MoRF insertion visits the same token sets as LeRF deletion in reverse order, so
-their areas coincide (the trapezoid rule is symmetric); both rows are kept because RISE and the
-pruning reading name them differently. The bootstrap
+substrate, MoRF insertion visits the same token sets as LeRF deletion in reverse order when
+no two scores tie and every step removes a whole number of tokens (``k * h * w / steps``, true
+for the 12x12 grid of ``ci``, not for the 14x14 grid of ``full``), so their areas then coincide
+(the trapezoid rule is symmetric); both rows are kept because RISE and the pruning reading name
+them differently, and ties (Grad-CAM's zeros) or rounding make them differ. The bootstrap
 resamples images, so its interval is conditional on the trained models (seed variance is not
 in it). The masked-feature magnitude (``rankings.MASKED_MAGNITUDE``) is reported as the control
 for the head start the mask ranking has in feature space.

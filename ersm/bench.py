@@ -67,8 +67,8 @@ class Trainer:
                  device: torch.device) -> None:
         torch.manual_seed(0)  # the same backbone initialisation for the dense model and its twins
         energy_mask = None if variant is None else {"variant": variant}
-        self.model = build_model(backbone, in_channels=channels, num_classes=10, energy_mask=energy_mask)
-        self.model = self.model.to(device, memory_format=torch.channels_last)
+        model = build_model(backbone, in_channels=channels, num_classes=10, energy_mask=energy_mask)
+        self.model = model.to(device, memory_format=torch.channels_last)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=5e-4)
         generator = torch.Generator().manual_seed(1)

@@ -20,6 +20,7 @@ from torchvision.models import resnet18
 
 from ersm.layer import EnergyMask, energy_masks
 
+
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),

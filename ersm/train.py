@@ -10,7 +10,8 @@
 - CUDA with AMP (bfloat16) when present, else the CPU with deterministic kernels.
 - Models are built in ``channels_last`` memory format: on our 2-core CPU the SmallCNN then
   took about 0.8x the time per training step and 0.56x per evaluation pass (measured side by
-  side, 2026-11; README, Performance). The arithmetic is the same up to rounding; ``CACHE_VERSION`` 2 marks it.
+  side, 2026-11; README, Performance). The arithmetic is the same up to rounding;
+  ``CACHE_VERSION`` 2 marks it.
 """
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ersm.data import occlude, occlusion_mask
+from ersm.data import occlude
 from ersm.inference import predict
 from ersm.metrics.stats import paired_bootstrap
 from ersm.verdicts import Claim, superiority
@@ -35,26 +36,25 @@ def occlusion_correctness(models: dict[str, list], configs: dict[str, list], tes
                           kinds=KINDS, fills=FILLS, seed: int = 0) -> dict:
     """``{(model, seed, kind, fill): bool [len(fractions), N]}``: is each occluded test image right?
 
-    A condition that hides no pixel (the 0% column of every kind and fill) is the clean test
-    set, so its predictions are computed once per model and reused.
+    A condition that leaves the images unchanged (the 0% column of every kind and fill) gives
+    the clean predictions, so those are computed once per model and reused.
     """
     images, labels, masks = test
     runs = [(name, model, config) for name in models for model, config in zip(models[name], configs[name])]
-    clean = {}
+    clean = {}  # (model, seed) -> correctness on the unchanged test set
     correct = {}
     for kind in kinds:
         for fill in fills:
             for f_index, fraction in enumerate(fractions):
-                hides_nothing = not occlusion_mask(images, fraction, kind=kind, seed=seed, masks=masks).any()
-                occluded = images if hides_nothing else occlude(images, fraction, kind=kind, fill=fill, seed=seed, masks=masks)
+                occluded = occlude(images, fraction, kind=kind, fill=fill, seed=seed, masks=masks)
+                unchanged = torch.equal(occluded, images)
                 for name, model, config in runs:
-                    key = (name, config.seed, kind, fill)
-                    hits = correct.setdefault(key, np.zeros((len(fractions), len(labels)), dtype=bool))
-                    if hides_nothing and (name, config.seed) in clean:
+                    hits = correct.setdefault((name, config.seed, kind, fill), np.zeros((len(fractions), len(labels)), dtype=bool))
+                    if unchanged and (name, config.seed) in clean:
                         hits[f_index] = clean[name, config.seed]
                         continue
                     hits[f_index] = (predict(model, occluded).logits.argmax(1) == labels).numpy()
-                    if hides_nothing:
+                    if unchanged:
                         clean[name, config.seed] = hits[f_index]
     return correct
 

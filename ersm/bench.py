@@ -7,8 +7,10 @@ work slows both sides alike, so the ratios stay meaningful where absolute times 
 
 Printed:
 1. train-step time (forward + ``ersm_objective`` + backward + AdamW step) and parameter count of
-   the ERSM twin ("paper" and "calibrated") over the dense backbone, for SmallCNN (48x48,
-   batch 64, 1 channel) and ResNet-18 with the CIFAR stem (32x32, batch 32, 3 channels);
+   the ERSM twin (every variant in ``ersm.layer.VARIANTS``: "paper", "calibrated", "meanfield"
+   with its default 3 iterations, "hardconcrete" with its training-mode noise) over the dense
+   backbone, for SmallCNN (48x48, batch 64, 1 channel) and ResNet-18 with the CIFAR stem (32x32,
+   batch 32, 3 channels);
 2. cluttered-digits generation time for 10,000 items, and generation / DataLoader throughput
    over SmallCNN training throughput;
 3. on CUDA only, ResNet-18 training throughput with AMP (bfloat16, as ``ersm.train`` uses).
@@ -29,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ersm.data import ClutteredDigits
+from ersm.layer import VARIANTS
 from ersm.loss import ersm_objective
 from ersm.models import build_model, count_parameters
 from ersm.seeding import default_device, seed_everything
@@ -45,6 +48,7 @@ BACKBONES = (
     ("SmallCNN 48x48 b64", "small_cnn", 1, 48, 64, 5),
     ("ResNet-18 32x32 b32", "resnet18", 3, 32, 32, 1),
 )
+CONTENDERS = (("dense", None),) + tuple((variant, variant) for variant in VARIANTS)  # (name, variant)
 
 
 def mark(ok: bool) -> str:
@@ -112,16 +116,15 @@ def overhead(repeats: int, device: torch.device) -> float:
           f"median of {repeats} interleaved repeats after warm-up")
     small_cnn_throughput = float("nan")
     for label, backbone, channels, side, batch, steps in BACKBONES:
-        trainers = {name: Trainer(backbone, channels, side, batch, variant, device)
-                    for name, variant in (("dense", None), ("paper", "paper"), ("calibrated", "calibrated"))}
+        trainers = {name: Trainer(backbone, channels, side, batch, variant, device) for name, variant in CONTENDERS}
         medians = interleaved_medians({name: t.step for name, t in trainers.items()}, repeats, steps,
                                       warmup=max(2, steps), device=device)
         dense_params = count_parameters(trainers["dense"].model)
         print(f"\n   {label}: dense {medians['dense'] * 1e3:.1f} ms/step, {dense_params:,} parameters")
-        for name in ("paper", "calibrated"):
+        for name in VARIANTS:
             step_ratio = medians[name] / medians["dense"]
             param_ratio = count_parameters(trainers[name].model) / dense_params
-            print(f"   {name:>10}: {medians[name] * 1e3:8.1f} ms/step  step ratio {step_ratio:.3f} "
+            print(f"   {name:>12}: {medians[name] * 1e3:8.1f} ms/step  step ratio {step_ratio:.3f} "
                   f"[{mark(step_ratio <= STEP_RATIO_TARGET)}]  parameter ratio {param_ratio:.4f} "
                   f"[{mark(param_ratio <= PARAM_RATIO_TARGET)}]")
         if backbone == "small_cnn":
@@ -163,12 +166,11 @@ def cuda_amp(repeats: int, device: torch.device) -> None:
         print("   skipped: no CUDA device here (AMP is only used on CUDA)")
         return
     batch = 128
-    trainers = {name: Trainer("resnet18", 3, 32, batch, variant, device)
-                for name, variant in (("dense", None), ("paper", "paper"), ("calibrated", "calibrated"))}
+    trainers = {name: Trainer("resnet18", 3, 32, batch, variant, device) for name, variant in CONTENDERS}
     medians = interleaved_medians({name: t.step for name, t in trainers.items()}, repeats, steps=20,
                                   warmup=10, device=device)
     for name, seconds in medians.items():
-        print(f"   {name:>10}: {batch / seconds:,.0f} items/s (batch {batch}), ratio to dense "
+        print(f"   {name:>12}: {batch / seconds:,.0f} items/s (batch {batch}), ratio to dense "
               f"{medians['dense'] / seconds:.3f}")
 
 

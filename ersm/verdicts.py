@@ -9,10 +9,19 @@ and its 95% interval ``[lo, hi]``:
   else INCONCLUSIVE.
 - threshold (a single quantity must clear a bar ``t``): SUPPORTED if ``lo > t``; NOT SUPPORTED
   if ``hi < t``; else INCONCLUSIVE.
+
+Bad input is refused, never turned into a verdict: every claim function checks its arguments
+first (the ``check_*`` helpers below) and raises a ``ValueError`` that names the argument and
+its value for an empty frame, a model that is not there, too few seeds or images for an
+interval, unpaired units, or scores that are NaN or inf.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 
@@ -68,3 +77,115 @@ def claims_markdown(rows: list[dict], digits: int = 2) -> str:
                      f"{f.format(r['ersm'])} | {f.format(r['difference'])} [{f.format(r['lo'])}, {f.format(r['hi'])}] | "
                      f"**{r['verdict']}** |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- input checks
+# Used at the start of every claim function (ersm.experiments.*). They only raise; they change
+# nothing that a valid input computes.
+
+MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None) -> None:
+    """``value`` is a finite real number (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}={value!r} must lie in [{low}, {high}]")
+
+
+def check_member(name: str, value, available, container: str, what: str = "model") -> None:
+    """``value`` is one of ``available`` (the models, or maps, found in the argument ``container``)."""
+    available = list(available)
+    if not any(value == item for item in available):
+        raise ValueError(f"{name}={value!r} is not a {what} in {container}; {what}s are {_sorted(available)}")
+
+
+def _sorted(items) -> list:
+    """``sorted(items)``, or sorted by ``str`` where the items do not compare (mixed types), for messages."""
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=str)
+
+
+def check_distinct(first: str, a, second: str, b) -> None:
+    """A claim compares two different things: ``first`` and ``second`` must differ."""
+    if a == b:
+        raise ValueError(f"{first}={a!r} and {second}={b!r} are the same; a claim compares two different ones")
+
+
+def check_frame(frame, name: str, columns) -> None:
+    """``frame`` is a non-empty DataFrame with every one of ``columns``."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{name} must be a pandas DataFrame, got {name} of type {type(frame).__name__}")
+    if len(frame) == 0:
+        raise ValueError(f"{name} is empty (no rows); a claim needs one row per (model, seed)")
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} lacks the column(s) {missing}; its columns are {list(frame.columns)}")
+
+
+def check_seed_values(frame: pd.DataFrame, name: str, value: str, model_arg: str, model) -> np.ndarray:
+    """The finite ``value`` of ``model`` in ``frame``, at least ``MIN_UNITS`` of them (one per seed)."""
+    try:
+        values = frame.loc[frame["model"] == model, value].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}[{value!r}] must hold numbers; {model_arg}={model!r} has non-numeric values") from None
+    if values.size < MIN_UNITS:
+        raise ValueError(f"{name} has {values.size} seed(s) for {model_arg}={model!r}; "
+                         f"a 95% t-interval over seeds needs at least {MIN_UNITS}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name}[{value!r}] has NaN or inf for {model_arg}={model!r} "
+                         f"({int((~np.isfinite(values)).sum())} of {values.size} seeds); a claim needs every value")
+    return values
+
+
+def check_seed_pairs(frame, name: str, value: str, models: dict) -> None:
+    """``frame`` pairs ``models`` (argument name -> model) by seed for a t-interval of ``value``.
+
+    Every named model has exactly one finite ``value`` for every seed that ``frame`` holds (the
+    difference is read from ``frame.pivot(index="seed", columns="model")``), and there are at
+    least ``MIN_UNITS`` seeds.
+    """
+    check_frame(frame, name, ("model", "seed", value))
+    present = pd.unique(frame["model"])
+    for arg, model in models.items():
+        check_member(arg, model, present, name)
+    (first, a), *rest = models.items()
+    for second, b in rest:
+        check_distinct(first, a, second, b)
+    duplicated = frame[frame.duplicated(["model", "seed"])]
+    if len(duplicated):
+        pairs = _sorted({(m, s) for m, s in zip(duplicated["model"], duplicated["seed"])})
+        raise ValueError(f"{name} has more than one row for (model, seed) {pairs}; a claim needs one row per (model, seed)")
+    seeds = _sorted(set(frame["seed"]))
+    for arg, model in models.items():
+        own = _sorted(set(frame.loc[frame["model"] == model, "seed"]))
+        if own != seeds:
+            raise ValueError(f"{arg}={model!r} has rows for seeds {own} in {name}, which holds seeds {seeds}; "
+                             f"the claim pairs models by seed, so it needs a row for every seed")
+        check_seed_values(frame, name, value, arg, model)
+
+
+def check_units(name: str, values, n: int | None = None, allow_nan: bool = False) -> np.ndarray:
+    """A 1-D array of at least ``MIN_UNITS`` finite numbers (one per test image), of length ``n`` if given.
+
+    With ``allow_nan`` NaNs pass (the caller drops them) but inf does not.
+    """
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D array of numbers, got {name} of type {type(values).__name__}") from None
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array (one value per test image), got {name} with shape {x.shape}")
+    if n is not None and x.size != n:
+        raise ValueError(f"{name} has {x.size} values, but the values it is paired with have {n}; "
+                         f"a paired comparison needs the same test images")
+    if x.size < MIN_UNITS:
+        raise ValueError(f"{name} has {x.size} value(s); a bootstrap interval over test images needs at least {MIN_UNITS}")
+    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} {'inf' if allow_nan else 'NaN or inf'} value(s) of {x.size}; "
+                         f"a claim needs finite scores")
+    return x

@@ -5,7 +5,7 @@ import pandas as pd
 
 from ersm.experiments.common import DENSE, paired_seed_difference
 from ersm.inference import accuracy
-from ersm.verdicts import Claim, non_inferiority
+from ersm.verdicts import Claim, check_number, check_seed_pairs, non_inferiority
 
 
 def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> pd.DataFrame:
@@ -16,7 +16,13 @@ def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> p
 
 
 def accuracy_claim(frame: pd.DataFrame, treatment: str, margin: float) -> Claim:
-    """Non-inferiority of ``treatment`` against dense, paired by seed, margin in points."""
+    """Non-inferiority of ``treatment`` against dense, paired by seed, margin in points.
+
+    Refuses (``ValueError``) an empty frame, a treatment or dense model missing from it, fewer
+    than two seeds, seeds not shared by both models, NaN accuracies and a negative margin.
+    """
+    check_number("margin", margin, low=0.0)
+    check_seed_pairs(frame, "frame", "accuracy", {"treatment": treatment, "baseline (common.DENSE)": DENSE})
     diff, lo, hi = paired_seed_difference(frame, "accuracy", treatment, DENSE)
     means = frame.groupby("model")["accuracy"].mean()
     return Claim(

@@ -1,6 +1,6 @@
 """Claim 4: ranking tokens by learned energy beats ranking by feature magnitude in deletion tests.
 
-Protocols (PROTOCOLS.md; RISE, Petsiuk et al. 2018; ROAD, Rong et al. 2022): tokens of the
+Protocols (`docs/protocols.md#deletion-and-insertion`; RISE, Petsiuk et al. 2018; ROAD, Rong et al. 2022): tokens of the
 masked stage are removed step by step, 0 to 100%, in feature space (zeroed, then the rest of
 the network) and in input space (the matching image patches, zero or blur fill, and ROAD's
 noisy linear imputation as a control). Two orders: least relevant first (LeRF, the paper's
@@ -32,7 +32,7 @@ import torch
 from ersm.experiments.rankings import MAGNITUDE, MASK, StageView
 from ersm.metrics.deletion import feature_curves, input_curves, trapezoid_auc
 from ersm.metrics.stats import paired_bootstrap
-from ersm.verdicts import Claim, superiority
+from ersm.verdicts import Claim, check_units, superiority
 
 # (space, order, mode, fill) -> +1 if a larger area is better, -1 if smaller is better
 PROTOCOLS = {
@@ -82,8 +82,44 @@ def seed_mean(per_seed: list[dict], key) -> np.ndarray:
     return np.mean([areas_of_seed[key] for areas_of_seed in per_seed], axis=0)
 
 
+def check_seed_areas(per_seed, name: str, keys=()) -> None:
+    """``per_seed``: a non-empty list of ``{(protocol, ranking): area [N]}``, one per seed, each
+    holding every one of ``keys`` as a finite array over the same ``N >= 2`` images."""
+    if not isinstance(per_seed, (list, tuple)) or not per_seed:
+        raise ValueError(f"{name} must be a non-empty list of {{(protocol, ranking): area [N]}} dicts, one per seed; "
+                         f"got {name}={per_seed!r:.80}")
+    for index, seed_areas in enumerate(per_seed):
+        if not isinstance(seed_areas, dict):
+            raise ValueError(f"{name}[{index}] must be a dict {{(protocol, ranking): area [N]}}, got {type(seed_areas).__name__}")
+        for key in keys:
+            if key not in seed_areas:
+                raise ValueError(f"{name}[{index}] has no area for {key!r} (is it an ERSM model's?); "
+                                 f"its rankings for that protocol are {sorted(r for p, r in seed_areas if p == key[0])}")
+    for key in keys:
+        n = check_units(f"{name}[0][{key!r}]", per_seed[0][key]).size
+        for index, seed_areas in enumerate(per_seed[1:], start=1):
+            check_units(f"{name}[{index}][{key!r}]", seed_areas[key], n=n)
+
+
 def comparison_frame(per_seed: dict[str, list[dict]], protocols: dict, n_boot: int) -> pd.DataFrame:
-    """Mean area per (model, protocol, ranking) and, for ERSM, mask vs magnitude with its interval."""
+    """Mean area per (model, protocol, ranking) and, for ERSM, mask vs magnitude with its interval.
+
+    Refuses (``ValueError``) an empty ``per_seed`` or ``protocols``, a sign other than +1/-1,
+    a model without seeds, and, where the mask ranking is there, a missing magnitude ranking,
+    unpaired or too few images and NaN areas.
+    """
+    if not isinstance(per_seed, dict) or not per_seed:
+        raise ValueError(f"per_seed must be a non-empty dict {{model: [per-seed areas]}}, got per_seed={per_seed!r:.80}")
+    if not isinstance(protocols, dict) or not protocols:
+        raise ValueError(f"protocols must be a non-empty dict {{protocol: +1 or -1}}, got protocols={protocols!r}")
+    for protocol, sign in protocols.items():
+        if isinstance(sign, bool) or sign not in (1, -1):
+            raise ValueError(f"protocols[{protocol!r}]={sign!r} must be +1 (larger area is better) or -1 (smaller is better)")
+    for model_name, seeds in per_seed.items():
+        check_seed_areas(seeds, f"per_seed[{model_name!r}]")
+        for protocol in protocols:
+            if (protocol, MASK) in seeds[0]:
+                check_seed_areas(seeds, f"per_seed[{model_name!r}]", [(protocol, MASK), (protocol, MAGNITUDE)])
     rows = []
     for model_name, seeds in per_seed.items():
         for protocol, sign in protocols.items():
@@ -100,6 +136,12 @@ def comparison_frame(per_seed: dict[str, list[dict]], protocols: dict, n_boot: i
 
 
 def deletion_claim(per_seed: list[dict], n_boot: int, model_name: str) -> Claim:
+    """Superiority of the mask ranking over the magnitude ranking in the primary protocol (LeRF: larger is better).
+
+    Refuses (``ValueError``) an empty ``per_seed``, a seed without the mask or magnitude area
+    (e.g. a dense model's), unpaired or too few images and NaN areas.
+    """
+    check_seed_areas(per_seed, "per_seed", [(PRIMARY, MASK), (PRIMARY, MAGNITUDE)])
     a, b = seed_mean(per_seed, (PRIMARY, MASK)), seed_mean(per_seed, (PRIMARY, MAGNITUDE))
     diff, lo, hi = paired_bootstrap(a, b, n_boot=n_boot, seed=0)
     return Claim(

@@ -1,6 +1,6 @@
 """Claim 5: the masks isolate the object without pixel-level supervision.
 
-Protocols (PROTOCOLS.md, "Localisation"): each token map is upsampled bilinearly to the image
+Protocols (`docs/protocols.md#localisation`): each token map is upsampled bilinearly to the image
 and scored against the digit's ground-truth mask with the pointing game (argmax inside the
 mask; Zhang et al. 2016, as in Quantus, plus a tolerance of ``TOLERANCE`` pixels, the
 15-of-224 convention scaled to the canvas), the energy-based pointing game (share of the map's
@@ -22,9 +22,11 @@ import torch
 
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
 from ersm.metrics.stats import paired_bootstrap
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, superiority
+from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, SUPPORTED, Claim, check_distinct, check_member, check_units,
+                           superiority)
 
 METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "pixel AUROC", "top-k IoU")
+PRIMARY_METRIC = "pixel AUROC"
 
 
 def shifted(maps: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,14 @@ def quality_frame(scores: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
 
 
 def quality_claims(scores: dict[str, dict[str, np.ndarray]], ersm_name: str, baselines: list[str], n_boot: int) -> tuple[list[Claim], str]:
-    """One row per baseline (primary metric: pixel AUROC) and the overall verdict."""
+    """One row per baseline (primary metric: pixel AUROC) and the overall verdict.
+
+    Images where either map's AUROC is NaN are left out of that comparison. Refuses
+    (``ValueError``) an empty ``scores`` or ``baselines``, a map it lacks or without pixel
+    AUROC, a baseline equal to ``ersm_name``, unpaired images, inf scores, and fewer than two
+    images with both scores (NaN-only scores).
+    """
+    check_quality_scores(scores, ersm_name, baselines)
     claims = []
     a = scores[ersm_name]["pixel AUROC"]
     for baseline in baselines:
@@ -70,6 +79,26 @@ def quality_claims(scores: dict[str, dict[str, np.ndarray]], ersm_name: str, bas
     verdicts = {c.verdict for c in claims}
     overall = NOT_SUPPORTED if NOT_SUPPORTED in verdicts else SUPPORTED if verdicts == {SUPPORTED} else INCONCLUSIVE
     return claims, overall
+
+
+def check_quality_scores(scores, ersm_name: str, baselines) -> None:
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"scores must be a non-empty dict {{map: {{metric: per-image scores}}}}, got scores={scores!r:.80}")
+    if isinstance(baselines, str) or not isinstance(baselines, (list, tuple)) or not baselines:
+        raise ValueError(f"baselines={baselines!r} must be a non-empty list of map names in scores")
+    for arg, name in [("ersm_name", ersm_name)] + [(f"baselines[{i}]", b) for i, b in enumerate(baselines)]:
+        check_member(arg, name, scores, "scores", what="map")
+        if not isinstance(scores[name], dict) or PRIMARY_METRIC not in scores[name]:
+            raise ValueError(f"scores[{name!r}] has no {PRIMARY_METRIC!r} scores (the primary metric)")
+        if arg != "ersm_name":
+            check_distinct("ersm_name", ersm_name, arg, name)
+    a = check_units(f"scores[{ersm_name!r}][{PRIMARY_METRIC!r}]", scores[ersm_name][PRIMARY_METRIC], allow_nan=True)
+    for baseline in baselines:
+        b = check_units(f"scores[{baseline!r}][{PRIMARY_METRIC!r}]", scores[baseline][PRIMARY_METRIC], n=a.size, allow_nan=True)
+        both = int((~(np.isnan(a) | np.isnan(b))).sum())
+        if both < MIN_UNITS:
+            raise ValueError(f"scores[{ersm_name!r}] and scores[{baseline!r}] have {both} image(s) with both {PRIMARY_METRIC} "
+                             f"scores not NaN; a bootstrap interval over images needs at least {MIN_UNITS}")
 
 
 def background_share(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:

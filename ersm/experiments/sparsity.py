@@ -14,7 +14,7 @@ Definitions, fixed before any run:
   layer (same variant) trained with beta = 0 (the regulariser off), paired by seed
   (superiority rule), and the ERSM model is not degenerate (else NOT SUPPORTED).
 - Sparsity **adapts** if the coefficient of variation across test images of the kept share
-  has a 95% t-interval over seeds above 0.05 (the issue's 5%).
+  has a 95% t-interval over seeds above 0.05 (a 5% spread).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from scipy.stats import spearmanr
 
 from ersm.inference import predict
 from ersm.metrics.stats import coefficient_of_variation, mean_ci
-from ersm.verdicts import NOT_SUPPORTED, Claim, superiority, threshold
+from ersm.verdicts import (NOT_SUPPORTED, Claim, check_frame, check_member, check_number, check_seed_pairs,
+                            check_seed_values, superiority, threshold)
 
 SUPPRESSED_BELOW = 0.5
 
@@ -65,11 +66,21 @@ def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.
     return pd.DataFrame(rows), masks
 
 
+DEGENERACY_FLAGS = ("collapsed_at_half", "collapsed_to_zero", "uniform")
+
+
 def emergence_claim(frame: pd.DataFrame, treatment: str, control: str) -> Claim:
+    """Superiority of ``treatment``'s suppressed share over ``control``'s, paired by seed; NOT SUPPORTED if degenerate.
+
+    Refuses (``ValueError``) an empty frame, a missing model, fewer than two seeds, unpaired
+    seeds and NaN shares.
+    """
+    check_frame(frame, "frame", ("model", "seed", "suppressed_share", *DEGENERACY_FLAGS))
+    check_seed_pairs(frame, "frame", "suppressed_share", {"treatment": treatment, "control": control})
     pivot = frame.pivot(index="seed", columns="model", values="suppressed_share")
     diff, lo, hi = mean_ci((pivot[treatment] - pivot[control]).to_numpy())
     rows = frame[frame.model == treatment]
-    degenerate = bool(rows[["collapsed_at_half", "collapsed_to_zero", "uniform"]].any(axis=None))
+    degenerate = bool(rows[list(DEGENERACY_FLAGS)].any(axis=None))
     verdict = NOT_SUPPORTED if degenerate else superiority(lo, hi)
     return Claim(
         claim=f"sparsity emerges without a budget ({treatment})", metric="share of suppressed tokens (relative mask < 0.5)",
@@ -80,6 +91,15 @@ def emergence_claim(frame: pd.DataFrame, treatment: str, control: str) -> Claim:
 
 
 def adaptivity_claim(frame: pd.DataFrame, treatment: str, bar: float = 0.05) -> Claim:
+    """Threshold: the t-interval over seeds of ``treatment``'s kept-share CV must lie above ``bar``.
+
+    Refuses (``ValueError``) an empty frame, a missing model, fewer than two seeds, NaN CVs and
+    a non-finite bar.
+    """
+    check_number("bar", bar)
+    check_frame(frame, "frame", ("model", "kept_share_cv"))
+    check_member("treatment", treatment, pd.unique(frame["model"]), "frame")
+    check_seed_values(frame, "frame", "kept_share_cv", "treatment", treatment)
     values = frame.loc[frame.model == treatment, "kept_share_cv"].to_numpy()
     mean, lo, hi = mean_ci(values)
     return Claim(

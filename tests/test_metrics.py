@@ -1,6 +1,6 @@
 """Metrics against naive per-image, per-step loops written here, plus their contracts.
 
-The naive references re-derive each protocol from PROTOCOLS.md with explicit Python loops
+The naive references re-derive each protocol from `docs/protocols.md` with explicit Python loops
 (one forward per step, pixel loops, sklearn's AUROC), independently of the batched code.
 """
 import math

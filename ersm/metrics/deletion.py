@@ -6,7 +6,7 @@ and records the softmax probability of the target class (lower area = better ran
 *insertion* starts from a substrate and puts tokens back, most important first (higher area =
 better). The area is the trapezoid rule over the ``steps + 1`` points spanning 0..100%.
 Removing the *least* important first with ``order="least"`` is the "pruning" reading of the
-paper's claim (PROTOCOLS.md, LeRF): accuracy should survive, and higher is better.
+paper's claim (`docs/protocols.md#lerf-the-pruning-reading`): accuracy should survive, and higher is better.
 
 Two places to remove tokens:
 - ``feature_curves``: on the feature map after the Energy-Mask Layer, through the rest of the

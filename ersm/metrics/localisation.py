@@ -1,6 +1,6 @@
 """Localisation: does a map (mask, energy, Grad-CAM) sit on the object's ground-truth mask?
 
-Protocols (PROTOCOLS.md, "Localisation"):
+Protocols (`docs/protocols.md#localisation`):
 - Pointing game (Zhang et al., 2016; Quantus ``pointing_game.py``): a hit when the map's
   argmax lies inside the mask. Quantus uses no tolerance and leaves an empty mask undefined;
   we raise on empty masks and offer a square (Chebyshev) ``tolerance`` in pixels, which some

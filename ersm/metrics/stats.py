@@ -1,13 +1,13 @@
 """Intervals for reported numbers: over seeds (Student t) and over test images (bootstrap).
 
-DESIGN.md §3 and §7: every claim's verdict compares baseline and ERSM with a 95% interval,
+Every claim's verdict compares baseline and ERSM with a 95% interval (`docs/protocols.md#statistics`),
 either over training seeds or by a paired bootstrap over the same test images.
 - ``mean_ci``: ``mean +- t_{(1+level)/2, n-1} * s / sqrt(n)``, for a handful of seeds.
 - ``bootstrap_ci``: the percentile interval of the resampled mean (Efron and Tibshirani, 1993).
 - ``paired_bootstrap``: the same, for ``mean(a - b)`` with the *same* resampled indices for
   ``a`` and ``b``, so the per-image pairing (and its correlation) is kept.
 - ``coefficient_of_variation``: ``std / mean`` (sample std, ``ddof=1``), a spread measure for
-  per-input adaptivity (PROTOCOLS.md, SACT).
+  per-input adaptivity (`docs/protocols.md#what-sparsity-means-elsewhere`, SACT).
 
 Arrays in (anything ``numpy.asarray`` takes, 1-D, finite), Python floats out. A single value
 has no spread: its interval is ``(nan, nan)`` and its coefficient of variation is nan.

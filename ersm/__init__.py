@@ -1,7 +1,15 @@
 """ERSM: a reference implementation of Energy-Regularized Spatial Masking."""
-from ersm.layer import EnergyMask, EnergyTerms, energy_masks
-from ersm.loss import ersm_objective, regularization_loss
-from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at
+# Kernel pins must be in the environment before torch computes anything (ersm/numerics.py).
+from ersm import numerics as _numerics
+
+_numerics.set_environment()
+import torch  # noqa: E402  (after the pins, on purpose)
+
+_numerics.apply()
+
+from ersm.layer import EnergyMask, EnergyTerms, energy_masks  # noqa: E402
+from ersm.loss import ersm_objective, regularization_loss  # noqa: E402
+from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at  # noqa: E402
 
 __all__ = [
     "EnergyMask", "EnergyTerms", "energy_masks", "ersm_objective", "regularization_loss",

@@ -1,4 +1,4 @@
-"""Command line: ``ersm train``, ``ersm reproduce``, ``ersm bench`` (also ``python -m ersm``)."""
+"""Command line: ``ersm train``, ``reproduce``, ``bench``, ``fingerprint``, ``check-portable`` (also ``python -m ersm``)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
+    commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the committed results")
+    commands.add_parser("check-portable", help="exit 0 if this machine can reproduce the committed notebook outputs, "
+                                               "else print why in one line and exit 3")
     return parser
 
 
@@ -41,10 +44,21 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.reproduce import reproduce
 
             print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
-        else:
+        elif args.command == "bench":
             from ersm.bench import main as bench
 
             bench(["--repeats", str(args.repeats)])
+        elif args.command == "fingerprint":
+            from ersm.fingerprint import main as fingerprint
+
+            return fingerprint()
+        else:
+            from ersm.numerics import portability_problem
+
+            problem = portability_problem()
+            if problem is not None:
+                print(problem)
+                return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"ersm {args.command}: error: {error}", file=sys.stderr)
         return 2

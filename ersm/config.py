@@ -3,11 +3,14 @@
 A config names everything that decides the trained weights, so its hash names the cache entry
 (``runs/cache/<hash>/``). Change a field and you get another model, never a stale one.
 
-The hash also covers what the config does not say but the weights depend on: the torch version
-and the device kind (CUDA trains in bfloat16 autocast, the CPU in float32), so a GPU-trained
-model is never served on the CPU or the other way round. Fields that cannot change a model are
-left out of it, so that equal models share one entry: the Energy-Mask fields of a dense model
-and ``cutout_size`` without Cutout.
+The hash also covers what the config does not say but the weights depend on: the torch version,
+the device kind the config resolves to (CUDA trains in bfloat16 autocast, the CPU in float32),
+and on the CPU the kernel mode (``ersm/numerics.py``), so a GPU-trained model is never served on
+the CPU, nor a natively trained one in portable mode. Fields that cannot change a model are left
+out of it, so that equal models share one entry: the Energy-Mask fields of a dense model,
+``cutout_size`` without Cutout, ``width`` of a ResNet, ``iterations`` of any variant but
+meanfield, and ``device`` itself (only what it
+resolves to counts).
 """
 from __future__ import annotations
 
@@ -19,25 +22,29 @@ from dataclasses import dataclass
 
 import torch
 
-from ersm.seeding import default_device
+from ersm import numerics
+from ersm.seeding import DEVICES, resolve_device
 
-MODELS = ("dense", "paper", "calibrated")
+MODELS = ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
 AUGMENTATIONS = ("none", "cutout")
 OPTIMIZERS = ("adamw", "sgd")
-CACHE_VERSION = 2  # bump when training code changes what a config produces (2: channels_last models)
-ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta")
+CACHE_VERSION = 3  # bump when training code changes what a config produces (2: channels_last; 3: kernel mode)
+ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta", "iterations")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model: a dense backbone or its ERSM twin ---
     backbone: str = "small_cnn"     # "small_cnn" (1-channel digits) or "resnet18" (CIFAR stem)
-    model: str = "dense"            # "dense", "paper" (ERSM as written) or "calibrated" (mask in (0, 1))
+    width: int = 32                 # SmallCNN stem channels (the ci smoke profile uses 16)
+    model: str = "dense"            # "dense", "paper" (ERSM as written), or the variants "calibrated" (mask in (0, 1)),
+                                    # "meanfield" (pairwise term shapes the mask), "hardconcrete" (gates with exact zeros)
     insert_after: str = "layer2"    # stage after which the Energy-Mask Layer sits
     proj_dim: int = 16              # d, width of the projection P
     lambda_unary: float = 1.0
     lambda_pair: float = 1.0
     neighbourhood: int = 8
+    iterations: int = 3             # mean-field updates T (meanfield only)
     beta: float = 1.0               # weight of L_reg in the loss (ignored by dense models)
     # --- data: the embedded cluttered-digits benchmark ---
     canvas: int = 48
@@ -55,15 +62,19 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int = 64
     seed: int = 0
+    device: str = "auto"            # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self) -> None:
         check_types(self)
         choices = {"model": MODELS, "augmentation": AUGMENTATIONS, "optimizer": OPTIMIZERS,
-                   "backbone": ("small_cnn", "resnet18"), "neighbourhood": (4, 8)}
+                   "backbone": ("small_cnn", "resnet18"), "neighbourhood": (4, 8),
+                   "device": DEVICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
-        for name in ("proj_dim", "n_train", "n_test", "epochs", "batch_size", "cutout_size", "canvas"):
+        if self.iterations < 0:
+            raise ValueError(f"iterations={self.iterations!r} must be >= 0")
+        for name in ("width", "proj_dim", "n_train", "n_test", "epochs", "batch_size", "cutout_size", "canvas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
         for name in ("lambda_unary", "lambda_pair", "beta", "lr", "weight_decay", "clutter", "seed", "data_seed"):
@@ -84,7 +95,7 @@ class TrainConfig:
         if not self.is_ersm:
             return None
         return dict(proj_dim=self.proj_dim, lambda_unary=self.lambda_unary, lambda_pair=self.lambda_pair,
-                    neighbourhood=self.neighbourhood, variant=self.model)
+                    neighbourhood=self.neighbourhood, variant=self.model, iterations=self.iterations)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,12 +103,21 @@ class TrainConfig:
     def weight_fields(self) -> dict:
         """The fields that can change this config's trained model (see the module docstring)."""
         fields = self.to_dict()
-        unused = (ERSM_ONLY_FIELDS if not self.is_ersm else ()) + (("cutout_size",) if self.augmentation != "cutout" else ())
+        unused = (("device",) + (ERSM_ONLY_FIELDS if not self.is_ersm else ())
+                  + (("cutout_size",) if self.augmentation != "cutout" else ())
+                  + (("width",) if self.backbone != "small_cnn" else ())
+                  + (("iterations",) if self.model != "meanfield" else ()))
         return {name: value for name, value in fields.items() if name not in unused}
 
+    def torch_device(self):
+        """The device this config trains and evaluates on (``device`` resolved on this machine)."""
+        return resolve_device(self.device)
+
     def digest(self) -> str:
-        """Short stable hash of the weight fields, CACHE_VERSION, torch version and device kind."""
-        payload = json.dumps({"version": CACHE_VERSION, "torch": torch.__version__, "device": default_device().type,
+        """Short stable hash of the weight fields, CACHE_VERSION, torch version, device kind and CPU kernels."""
+        device = self.torch_device().type
+        kernels = numerics.kernel_mode() if device == "cpu" else None
+        payload = json.dumps({"version": CACHE_VERSION, "torch": torch.__version__, "device": device, "kernels": kernels,
                               **self.weight_fields()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -101,11 +101,17 @@ BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet18_cifar}
 
 
 def build_model(backbone: str = "small_cnn", in_channels: int = 1, num_classes: int = 10,
-                energy_mask: dict | None = None, after: str = "layer2") -> nn.Module:
-    """A dense backbone, or (``energy_mask`` = EnergyMask kwargs) its ERSM twin."""
+                energy_mask: dict | None = None, after: str = "layer2", width: int | None = None) -> nn.Module:
+    """A dense backbone, or (``energy_mask`` = EnergyMask kwargs) its ERSM twin.
+
+    ``width`` sets the SmallCNN's stem channels (32 if ``None``); the ResNet's are fixed.
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone={backbone!r} must be one of {sorted(BACKBONES)}")
-    model = BACKBONES[backbone](in_channels=in_channels, num_classes=num_classes)
+    if width is not None and backbone != "small_cnn":
+        raise ValueError(f"width={width!r} applies to backbone='small_cnn' only, not backbone={backbone!r}")
+    extra = {} if width is None else {"width": width}
+    model = BACKBONES[backbone](in_channels=in_channels, num_classes=num_classes, **extra)
     if energy_mask is not None:
         insert_energy_mask(model, after=after, **energy_mask)
     return model

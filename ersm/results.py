@@ -1,4 +1,4 @@
-"""Results JSON with provenance: git commit and dirty flag, versions, device, profile, wall time.
+"""Results JSON with provenance: git commit and dirty flag, versions, device, CPU kernels, profile, wall time.
 
 Notebooks write to ``runs/<profile>/results/<notebook>.json`` (git-ignored, so tests never touch
 committed files); ``ersm reproduce`` gathers them into ``results/<profile>/``.
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ersm.paths import atomic_write_text, repo_root, runs_dir
-from ersm.seeding import default_device
+from ersm import numerics
+from ersm.seeding import resolve_device
 
 
 def git_state() -> dict:
@@ -39,8 +40,8 @@ def versions() -> dict:
     return {"python": platform.python_version(), **found}
 
 
-def device_description() -> str:
-    device = default_device()
+def device_description(name: str = "auto") -> str:
+    device = resolve_device(name)
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(0)}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -56,7 +57,7 @@ class Run:
     def save(self, payload: dict) -> dict:
         record = {
             "notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
-            "provenance": {**git_state(), "versions": versions(), "device": device_description(),
+            "provenance": {**git_state(), "versions": versions(), "device": device_description(self.parameters.get("DEVICE", "auto")), "cpu": numerics.describe(),
                            "wall_seconds": round(time.time() - self.started, 1)},
             **payload,
         }

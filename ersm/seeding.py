@@ -1,4 +1,4 @@
-"""One place for seeds, threads and deterministic kernels (DESIGN §4)."""
+"""One place for seeds, threads and deterministic kernels (`docs/design.md#determinism-and-the-model-cache`)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 import torch
+
+from ersm.numerics import DEFAULT_THREADS, thread_count  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -29,21 +31,22 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-DEFAULT_THREADS = 2
-
-
-def thread_count() -> int:
-    """``ERSM_THREADS`` if set (an integer >= 1), else ``DEFAULT_THREADS``."""
-    raw = os.environ.get("ERSM_THREADS", str(DEFAULT_THREADS))
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"ERSM_THREADS={raw!r} must be an integer >= 1")
-    return int(raw)
-
-
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from several integers (for per-epoch generators), stable across runs."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]) >> 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU; ``"cuda"`` without a GPU is refused."""
+    if name not in DEVICES:
+        raise ValueError(f"device={name!r} must be one of {DEVICES}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but torch sees no CUDA device on this machine")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")

@@ -7,7 +7,8 @@
   by ``(seed, epoch)``, so nothing but the checkpoint has to be restored.
 - A non-finite loss stops training with ``FloatingPointError`` naming epoch and step; the last
   good checkpoint stays on disk.
-- CUDA with AMP (bfloat16) when present, else the CPU with deterministic kernels.
+- ``config.device``: CUDA with AMP (bfloat16), or the CPU with deterministic, portable kernels
+  (``ersm/numerics.py``). The model stays on that device, so it is evaluated there too.
 - Models are built in ``channels_last`` memory format: on our 2-core CPU the SmallCNN then
   took about 0.8x the time per training step and 0.56x per evaluation pass (measured side by
   side, 2026-11; README, Performance). The arithmetic is the same up to rounding;
@@ -30,10 +31,11 @@ from ersm.checkpoint import load_checkpoint, save_checkpoint
 from ersm.config import TrainConfig
 from ersm.data import ClutteredDigits
 from ersm.inference import predict
+from ersm.layer import energy_masks
 from ersm.loss import ersm_objective
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
-from ersm.seeding import default_device, derived_seed, seed_everything
+from ersm.seeding import derived_seed, seed_everything
 
 MASK_THRESHOLDS = (0.05, 0.1, 0.25)
 
@@ -67,8 +69,8 @@ def test_data(config: TrainConfig, background: str = "random"):
 def make_model(config: TrainConfig) -> nn.Module:
     """The untrained model of a config, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    model = build_model(config.backbone, in_channels=1, num_classes=10,
-                        energy_mask=config.energy_mask_kwargs(), after=config.insert_after)
+    model = build_model(config.backbone, in_channels=1, num_classes=10, energy_mask=config.energy_mask_kwargs(),
+                        after=config.insert_after, width=config.width if config.backbone == "small_cnn" else None)
     return model.to(memory_format=torch.channels_last)
 
 
@@ -81,7 +83,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module, steps: int):
 
 
 def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_after_epoch: int | None = None) -> nn.Module:
-    """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on the CPU.
+    """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on its device.
 
     ``stop_after_epoch`` ends the run early (as if killed) after that epoch's checkpoint: for tests.
     """
@@ -89,7 +91,7 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
     seed_everything(config.seed)
-    device = default_device()
+    device = config.torch_device()
     images, labels, _ = training_data(config)
     test_images, test_labels, _ = test_data(config)
     model = make_model(config).to(device)
@@ -102,8 +104,8 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
-    # bars in a terminal or JupyterLab (stderr); the cells that train are NBVAL_IGNORE_OUTPUT
-    show = (sys.stderr.isatty() or "ipykernel" in sys.modules) if progress is None else progress
+    # per-epoch bars in a terminal only; notebooks print one summary line per cell (common.train_all)
+    show = sys.stderr.isatty() if progress is None else progress
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         sums = train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show)
@@ -115,7 +117,7 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
-    return model.cpu().eval()
+    return model.eval()
 
 
 def train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show) -> dict:
@@ -148,12 +150,23 @@ def train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, 
         objective.total.backward()
         optimizer.step()
         scheduler.step()
+        check_mask_offsets(model, config, epoch, step)
         n = len(index)
         totals["loss"] += objective.total.item() * n
         totals["cross_entropy"] += objective.cross_entropy.item() * n
         totals["l_reg"] += objective.regularizer.item() * n
         totals["train_accuracy"] += (logits.argmax(1) == y).sum().item()
     return {key: value / len(images) for key, value in totals.items()}
+
+
+def check_mask_offsets(model, config: TrainConfig, epoch: int, step: int) -> None:
+    """Stop when a learned mask offset became non-finite (it would silently turn every mask into NaN)."""
+    for name, layer in energy_masks(model):
+        offset = getattr(layer, "mask_offset", None)
+        if offset is not None and not torch.isfinite(offset).item():
+            raise FloatingPointError(
+                f"{name}.mask_offset became {offset.item()} at epoch {epoch + 1}, step {step + 1} of config "
+                f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
 
 
 def evaluation_record(model, images, labels) -> dict:
@@ -175,8 +188,17 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
     if state is not None and state["epoch"] >= config.epochs:
         model = make_model(config)
         model.load_state_dict(state["model"])
-        return model.eval()
+        return model.to(config.torch_device()).eval()
     return train(config, run_dir, progress=progress)
+
+
+def is_cached(config: TrainConfig) -> bool:
+    """Whether the cache holds a finished checkpoint of ``config`` (its manifest says so; verified on load)."""
+    manifest = cache_dir() / config.digest() / "checkpoint.json"
+    try:
+        return json.loads(manifest.read_text())["epoch"] >= config.epochs
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def training_history(config: TrainConfig) -> list[dict]:

@@ -20,6 +20,7 @@ from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
 from ersm.cli import main
 from ersm.config import ERSM_ONLY_FIELDS, TrainConfig, from_dict
+from ersm.layer import energy_masks
 from ersm.loss import Objective
 from ersm.paths import cache_dir
 
@@ -193,6 +194,36 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
     assert_same_weights(resumed, ersm.train.train(TINY, run_dir.parent / "straight"))
 
 
+def test_a_non_finite_mask_offset_stops_with_its_name_epoch_and_step(monkeypatch):
+    config = TINY.replace(model="hardconcrete")
+    real_step, steps = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == STEPS_PER_EPOCH + 1:  # epoch 2, step 1: the update blows the offset up
+            with torch.no_grad():
+                for parameter in self.param_groups[0]["params"]:
+                    if parameter.dim() == 0:  # hardconcrete's only scalar parameter is mask_offset
+                        parameter.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(FloatingPointError, match=r"layer2\.1\.mask_offset became inf at epoch 2, step 1\b"):
+        ersm.train.get_model(config)
+    state = load_checkpoint(cache_dir() / config.digest())
+    assert state["epoch"] == 1, "the last good checkpoint stays"
+
+
+@pytest.mark.parametrize("model", ["meanfield", "hardconcrete"])
+def test_the_new_variants_train_through_the_engine(model):
+    config = TINY.replace(model=model)
+    trained = ersm.train.get_model(config)
+    layer = next(module for _, module in energy_masks(trained))
+    assert layer.variant == model and torch.isfinite(layer.mask_offset)
+    assert len(history(cache_dir() / config.digest())) == TINY.epochs
+
+
 # --- config validation -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values, field", [
@@ -233,9 +264,9 @@ def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
     return current + (1 if isinstance(current, int) else 0.5)
 
 
-@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
+@pytest.mark.parametrize("field", [f for f in dataclasses.fields(TrainConfig) if f.name != "device"], ids=lambda f: f.name)
 def test_every_field_changes_the_cache_key_of_a_model_it_can_change(field):
-    base = TrainConfig(model="paper", augmentation="cutout")
+    base = TrainConfig(model="meanfield" if field.name == "iterations" else "paper", augmentation="cutout")
     assert base.replace(**{field.name: other_value(field, base)}).digest() != base.digest()
 
 
@@ -251,13 +282,29 @@ def test_cutout_size_matters_only_with_cutout():
     assert TrainConfig(augmentation="cutout", cutout_size=8).digest() != TrainConfig(augmentation="cutout", cutout_size=12).digest()
 
 
-def test_cache_key_names_the_torch_version_and_device(monkeypatch):
+def test_cache_key_names_the_torch_version_device_and_kernels(monkeypatch):
     key = TrainConfig().digest()
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert TrainConfig().digest() != key
     monkeypatch.undo()
-    monkeypatch.setattr("ersm.config.default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr("ersm.config.resolve_device", lambda name: torch.device("cuda"))
     assert TrainConfig().digest() != key
+    monkeypatch.undo()
+    monkeypatch.setenv("ERSM_KERNELS", "native")
+    assert TrainConfig().digest() != key, "a natively trained model must not be served in portable mode"
+
+
+def test_cache_key_follows_the_resolved_device_not_its_spelling():
+    assert TrainConfig(device="cpu").digest() == TrainConfig(device="auto").digest()  # no GPU in the tests
+    assert TrainConfig(width=16).digest() != TrainConfig(width=32).digest()
+    assert TrainConfig(backbone="resnet18", width=16).digest() == TrainConfig(backbone="resnet18", width=32).digest()
+
+
+def test_device_and_width_are_checked():
+    with pytest.raises(ValueError, match="device='tpu'"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="width=0"):
+        TrainConfig(width=0)
 
 
 # --- cutout ------------------------------------------------------------------------------------------

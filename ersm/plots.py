@@ -51,18 +51,24 @@ def mask_histograms(masks: dict, names: list[str]):
 
 
 def mask_examples(images, masks: dict, names: list[str], n: int = 6):
-    """Test images and each model's mask (seed 0) side by side."""
-    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.6 * n, 1.6 * (len(names) + 1)))
+    """Test images and each model's mask (seed 0) side by side, every mask on one fixed [0, 1] scale.
+
+    One scale for all models, so a nearly flat mask looks flat (the paper's mask never exceeds 0.5).
+    """
+    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.6 * n + 0.8, 1.6 * (len(names) + 1)), squeeze=False)
+    shown = None
     for j in range(n):
         axes[0, j].imshow(images[j, 0], cmap="gray", vmin=0, vmax=1)
         for i, name in enumerate(names, start=1):
             mask = next(m for (k, _), m in masks.items() if k == name)
-            axes[i, j].imshow(mask[j, 0], cmap="magma")
+            shown = axes[i, j].imshow(mask[j, 0], cmap="magma", vmin=0, vmax=1)
     for i, title in enumerate(["image", *names]):
         axes[i, 0].set_ylabel(title, fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
+    if shown is not None:
+        fig.colorbar(shown, ax=axes.ravel().tolist(), label="mask m", shrink=0.6)
     return fig
 
 
@@ -99,16 +105,24 @@ def deletion_curves(curves: dict[str, np.ndarray], title: str):
 
 
 def map_grid(images, masks, maps: dict, n: int = 6):
-    """Image with its ground-truth outline, then each token map, for the first ``n`` images."""
-    fig, axes = plt.subplots(n, len(maps) + 1, figsize=(1.5 * (len(maps) + 1), 1.5 * n))
+    """Image with its ground-truth outline, then each token map, for the first ``n`` images.
+
+    Each column has one colour scale for all its images, with a colour bar: ``[0, 1]`` for masks
+    (so the paper's mask, capped at 0.5, is seen as it is), the column's range for other maps.
+    """
+    fig, axes = plt.subplots(n, len(maps) + 1, figsize=(1.5 * (len(maps) + 1), 1.5 * n + 0.6), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
         axes[i, 0].contour(masks[i, 0].float().numpy(), levels=[0.5], colors="red", linewidths=0.8)
-        for j, values in enumerate(maps.values(), start=1):
-            axes[i, j].imshow(values[i].float().numpy(), cmap="magma")
+    for j, (title, values) in enumerate(maps.items(), start=1):
+        shown = values[:n].float()
+        low, high = (0.0, 1.0) if "mask" in title else (shown.min().item(), shown.max().item())
+        for i in range(n):
+            image = axes[i, j].imshow(shown[i].numpy(), cmap="magma", vmin=low, vmax=high)
+        bar = fig.colorbar(image, ax=axes[:, j].tolist(), location="bottom", shrink=0.9, pad=0.02)
+        bar.ax.tick_params(labelsize=5)
     for j, title in enumerate(["image", *maps]):
         axes[0, j].set_title(title, fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
     return fig

@@ -5,12 +5,14 @@ fields named in ``VARIANTS``; everything else comes from ``base`` (the profile's
 """
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from ersm.config import TrainConfig
 from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
 from ersm.metrics.stats import mean_ci
-from ersm.train import get_model, test_data, training_history
+from ersm.train import get_model, is_cached, test_data, training_history
 
 DENSE, PAPER, CALIBRATED, CUTOUT = "dense", "ERSM paper", "ERSM calibrated", "dense + Cutout"
 CONTROL, CALIBRATED_CONTROL = "ERSM paper, beta=0", "ERSM calibrated, beta=0"  # the regulariser off
@@ -34,8 +36,14 @@ def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)
 
 
 def train_all(configs: dict[str, list[TrainConfig]]) -> dict[str, list]:
-    """Trained models (from the cache when present), same layout as ``configs``."""
-    return {name: [get_model(config) for config in runs] for name, runs in configs.items()}
+    """Trained models (from the cache when present), same layout as ``configs``; prints one summary line."""
+    started = time.perf_counter()
+    every = [config for runs in configs.values() for config in runs]
+    cached = sum(is_cached(config) for config in every)
+    models = {name: [get_model(config) for config in runs] for name, runs in configs.items()}
+    print(f"{len(every)} models ready: {len(every) - cached} trained, {cached} from the cache, "
+          f"in {(time.perf_counter() - started) / 60:.1f} min")
+    return models
 
 
 def histories(configs: dict[str, list[TrainConfig]]) -> pd.DataFrame:

@@ -1,21 +1,23 @@
-"""Rules v2 statistics: the two-level bootstrap, the seed t-interval and their hull
-(ersm/metrics/hierarchical.py).
+"""Rules v2 statistics: the two-level bootstrap, the seed t-interval, their hull, and the seed count
+for the claim-01 non-inferiority test (ersm/metrics/hierarchical.py, ersm/metrics/power.py).
 
 Known answers: degenerate data whose interval is known in closed form or equals an existing
 interval, an explicit per-resample loop as the reference for the vectorised draws, coverage on
-simulated hierarchical data.
+simulated hierarchical data, and an independent loop (and a Monte Carlo) for the power formulas.
 """
 import math
 import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from ersm.metrics import hierarchical
 from ersm.metrics.hierarchical import (
     interval_hull, mean_of_seed_means, mean_seed_ratio, paired_two_level_bootstrap, per_seed_statistics,
     seed_t_interval, two_level_bootstrap,
 )
+from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.metrics.stats import bootstrap_ci, mean_ci
 
 
@@ -300,3 +302,65 @@ def test_a_list_of_per_seed_arrays_is_read_as_rows():
     rows = [np.arange(5.0), np.arange(5.0) + 1, np.arange(5.0) * 2]
     assert two_level_bootstrap(rows) == two_level_bootstrap(np.stack(rows))
     assert mean_of_seed_means(np.stack(rows)[None])[0] == pytest.approx(np.stack(rows).mean())
+
+
+# ----------------------------------------------------------------------------- power
+
+def seeds_by_loop(sd, margin, power=0.8, alpha=0.025):
+    n = 2
+    while ((stats.t.ppf(1 - alpha, n - 1) + stats.t.ppf(power, n - 1)) * sd / margin) ** 2 > n:
+        n += 1
+    return n
+
+
+def test_seeds_for_the_documented_example():
+    normal = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * 2.7 / 1.0) ** 2
+    assert normal == pytest.approx(57.2, abs=0.05) and math.ceil(normal) == 58
+    n = seeds_for_noninferiority(2.7, 1.0)
+    assert n == seeds_by_loop(2.7, 1.0) == 60  # t quantiles ask slightly more than the normal 58
+    assert noninferiority_power(n, 2.7, 1.0) >= 0.8
+    assert noninferiority_power(n - 1, 2.7, 1.0) < 0.8
+
+
+@pytest.mark.parametrize("sd, margin, power, alpha", [
+    (0.3, 1.0, 0.8, 0.025), (1.0, 1.0, 0.8, 0.025), (1.0, 0.5, 0.9, 0.025), (4.0, 1.0, 0.8, 0.05),
+])
+def test_seeds_match_an_independent_loop_and_reach_the_power(sd, margin, power, alpha):
+    n = seeds_for_noninferiority(sd, margin, power=power, alpha=alpha)
+    assert n == seeds_by_loop(sd, margin, power, alpha)
+    assert noninferiority_power(n, sd, margin, alpha=alpha) >= power
+
+
+def test_power_matches_a_simulated_t_test():
+    n, sd, margin = 10, 1.0, 1.0
+    d = np.random.default_rng(14).normal(0.0, sd, size=(20000, n))  # true difference 0
+    t = (d.mean(1) + margin) / (d.std(1, ddof=1) / math.sqrt(n))
+    rejected = (t > stats.t.ppf(0.975, n - 1)).mean()
+    assert noninferiority_power(n, sd, margin) == pytest.approx(rejected, abs=0.01)
+
+
+def test_seed_count_beyond_max_seeds_is_refused():
+    with pytest.raises(ValueError, match="max_seeds=50"):
+        seeds_for_noninferiority(2.7, 1.0, max_seeds=50)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sd=0.0), "sd=0.0"), (dict(sd=-1.0), "sd=-1.0"), (dict(sd=float("nan")), "sd=nan"),
+    (dict(sd=float("inf")), "sd=inf"), (dict(sd="2"), "sd='2'"), (dict(margin=0.0), "margin=0.0"),
+    (dict(margin=-0.5), "margin=-0.5"), (dict(power=1.0), "power=1.0"), (dict(power=0.0), "power=0.0"),
+    (dict(alpha=0.5), "alpha=0.5"), (dict(alpha=0.0), "alpha=0.0"), (dict(max_seeds=1), "max_seeds=1"),
+])
+def test_seeds_bad_input_names_the_argument(kwargs, match):
+    args = dict(sd=2.7, margin=1.0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        seeds_for_noninferiority(**args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=1), "n=1"), (dict(n=2.5), "n=2.5"), (dict(sd=0.0), "sd=0.0"), (dict(margin=-1.0), "margin=-1.0"),
+    (dict(alpha=0.6), "alpha=0.6"), (dict(sd=float("nan")), "sd=nan"),
+])
+def test_power_bad_input_names_the_argument(kwargs, match):
+    args = dict(n=10, sd=1.0, margin=1.0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        noninferiority_power(**args)

@@ -30,6 +30,7 @@ def width(interval):
 def test_identical_seeds_shared_draws_equal_the_image_bootstrap_of_one_seed():
     x = np.random.default_rng(1).normal(size=400)
     values = np.tile(x, (5, 1))
+    assert two_level_bootstrap(values) == two_level_bootstrap(values, images="shared"), "rules v2 use shared draws"
     two = two_level_bootstrap(values, images="shared")
     one = bootstrap_ci(x)
     assert two[0] == pytest.approx(one[0], abs=1e-12)
@@ -42,7 +43,7 @@ def test_identical_seeds_per_seed_draws_average_the_image_noise_over_seeds():
     # means: the interval is sqrt(S) times narrower than the image bootstrap of one seed.
     s = 5
     x = np.random.default_rng(1).normal(size=400)
-    two = two_level_bootstrap(np.tile(x, (s, 1)))
+    two = two_level_bootstrap(np.tile(x, (s, 1)), images="per_seed")
     one = bootstrap_ci(x)
     assert two[0] == pytest.approx(one[0], abs=1e-12)
     assert width(two) == pytest.approx(width(one) / math.sqrt(s), rel=0.1)

@@ -24,15 +24,15 @@ with ``axis=-1`` / ``axis=-2`` reductions it does. The defaults are ``mean_of_se
 accuracy). ``per_seed_statistics`` applies a statistic to each seed alone, which is the
 per-seed value for any statistic that is a mean over seeds of a per-seed quantity.
 
-**Image draws.** ``images="per_seed"`` (the default, the rule text: "test images with
-replacement within each drawn seed") draws the images independently for every drawn seed.
-``images="shared"`` draws one set of image indices per resample and uses it for every drawn
-seed. All models are scored on the *same* test images (images are crossed with seeds, not
+**Image draws.** ``images="shared"`` (the default, and what rules v2 use) draws one set of
+image indices per resample and uses it for every drawn seed. ``images="per_seed"`` draws the
+images independently for every drawn seed (the nested design). All models are scored on the *same* test images (images are crossed with seeds, not
 nested in them), so a per-image effect that every seed shares (an image that is hard for every
 model, or that favours one arm under every seed) averages down by ``1/S`` under per-seed draws
 but not under shared draws: with identical seeds, ``"shared"`` reproduces the image bootstrap
-of one seed while ``"per_seed"`` is ``sqrt(S)`` times narrower. Which draw a verdict uses is
-the rule's choice, not this module's.
+of one seed while ``"per_seed"`` is ``sqrt(S)`` times narrower. On simulated crossed data (a
+shared image effect of SD 1, noise SD 1, S = 5, 200 datasets) per-seed draws covered the true
+mean in 81% of the datasets, shared draws in all of them.
 
 Draws come from ``numpy.random.default_rng(seed)``: all seed draws first (``[n_boot, S]``),
 then the image draws in chunks of resamples, so the result is a function of ``(seed, S, N,
@@ -64,7 +64,7 @@ def mean_seed_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarra
 
 
 def two_level_bootstrap(values, statistic=mean_of_seed_means, n_boot: int = 2000, seed: int = 0,
-                        level: float = 0.95, images: str = "per_seed") -> tuple[float, float, float]:
+                        level: float = 0.95, images: str = "shared") -> tuple[float, float, float]:
     """``(estimate, lo, hi)``: two-level percentile bootstrap of ``statistic`` over seeds and images.
 
     ``values`` is one ``[S, N]`` array, or a tuple of them passed to ``statistic`` in order
@@ -75,7 +75,7 @@ def two_level_bootstrap(values, statistic=mean_of_seed_means, n_boot: int = 2000
 
 
 def paired_two_level_bootstrap(a, b, statistic=mean_of_seed_means, n_boot: int = 2000, seed: int = 0,
-                               level: float = 0.95, images: str = "per_seed") -> tuple[float, float, float]:
+                               level: float = 0.95, images: str = "shared") -> tuple[float, float, float]:
     """``(statistic(a) - statistic(b), lo, hi)``: the two-level bootstrap of a paired difference.
 
     ``a`` and ``b`` are the two arms, each one ``[S, N]`` array or a tuple of them (the same

@@ -65,6 +65,16 @@ Deviations from the paper (all documented, none hidden):
   the public contract of this package, issue 2). It can be zeroed to recover the bias-free form.
 - ``normalize`` uses ``eps=1e-12`` (PyTorch's default) so an all-zero token maps to ``p = 0``
   instead of NaN; the paper does not say what happens there.
+
+The non-finite check: non-finite features give a non-finite energy, and ``forward`` raises
+``ValueError`` then (the training loop turns it into ``FloatingPointError``). Reading the check's
+result on the host synchronises with the device, so it runs where :data:`CHECK_FINITE` says:
+``None`` (the default) checks on the CPU, where the result is on the host already, and skips it
+on CUDA and other devices; ``True`` checks everywhere (on CUDA one host sync per forward), ``False``
+nowhere. Under ``torch.compile`` it is always skipped (``torch.compiler.is_compiling()``): a
+data-dependent ``raise`` breaks the graph, and ``fullgraph=True`` refuses that. Where the check is
+skipped, non-finite features give a non-finite loss, which the training loop's own check stops
+(``ersm.train``: ``FloatingPointError`` naming epoch and step).
 """
 from __future__ import annotations
 
@@ -83,6 +93,11 @@ HC_TEMPERATURE = 2.0 / 3.0  # tau
 HC_LOW = -0.1  # gamma, the left end of the stretched interval
 HC_HIGH = 1.1  # zeta, the right end
 HC_EPS = 1e-6  # u ~ U(eps, 1 - eps) keeps log u - log(1 - u) finite
+
+CHECK_FINITE: bool | None = None
+"""Where ``forward`` checks the energy for NaN and inf (module docstring): ``None`` on the CPU only
+(the default), ``True`` on every device (a host sync per forward on CUDA), ``False`` nowhere.
+Never under ``torch.compile``."""
 
 
 class EnergyTerms(NamedTuple):
@@ -283,7 +298,7 @@ class EnergyMask(nn.Module):
             terms = self.energy_terms(x.to(torch.promote_types(x.dtype, torch.float32)))
         # Any NaN or inf in x reaches the energy; checking the [B, 1, H, W] energy instead of
         # the [B, C, H, W] input costs C times less (it is part of the layer's overhead).
-        if not torch.isfinite(terms.energy).all():
+        if _check_finite(terms.energy) and not torch.isfinite(terms.energy).all():
             raise ValueError("x contains non-finite values (NaN or inf) or overflows float32; the energy is undefined there")
         self.terms = terms
         return x * terms.mask.to(x.dtype)
@@ -321,6 +336,15 @@ class EnergyMask(nn.Module):
             raise ValueError(f"x must be a 4-D tensor [B, C, H, W], got x with shape {shape}")
         if x.shape[1] != self.channels:
             raise ValueError(f"x has {x.shape[1]} channels (shape {tuple(x.shape)}); this layer expects channels={self.channels}")
+
+
+def _check_finite(energy: torch.Tensor) -> bool:
+    """Whether ``forward`` checks ``energy`` for NaN and inf (:data:`CHECK_FINITE`)."""
+    if torch.compiler.is_compiling():
+        return False
+    if CHECK_FINITE is None:
+        return energy.device.type == "cpu"
+    return bool(CHECK_FINITE)
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -7,12 +7,12 @@ import torch  # noqa: E402  (after the pins, on purpose)
 
 _numerics.apply()
 
-from ersm.layer import EnergyMask, EnergyTerms, energy_masks  # noqa: E402
+from ersm.layer import EnergyMask, EnergyTerms, TermsCollector, collect_terms, energy_masks  # noqa: E402
 from ersm.loss import ersm_objective, regularization_loss  # noqa: E402
 from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at  # noqa: E402
 
 __all__ = [
-    "EnergyMask", "EnergyTerms", "energy_masks", "ersm_objective", "regularization_loss",
+    "EnergyMask", "EnergyTerms", "TermsCollector", "collect_terms", "energy_masks", "ersm_objective", "regularization_loss",
     "SmallCNN", "build_model", "insert_energy_mask", "resnet18_cifar", "split_at",
 ]
 __version__ = "0.1.0"

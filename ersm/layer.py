@@ -409,10 +409,7 @@ class _Taps:
     def __init__(self) -> None:
         self.entries: list[tuple[TermsCollector, str]] = []
 
-    def __deepcopy__(self, memo) -> _Taps:
-        return _Taps()
-
-    def __reduce__(self):
+    def __reduce__(self):  # copy.deepcopy and pickle alike
         return (_Taps, ())
 
 

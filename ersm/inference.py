@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import energy_masks
+from ersm.layer import collect_terms, energy_masks
 
 
 class Outputs(NamedTuple):
@@ -20,16 +20,20 @@ class Outputs(NamedTuple):
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Outputs:
-    """Run ``model`` in eval mode over ``images [N, C, H, W]`` in batches, on the model's device."""
+    """Run ``model`` in eval mode over ``images [N, C, H, W]`` in batches, on the model's device.
+
+    The mask terms are those of the model's first EnergyMask, read through ``collect_terms``.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    layers = [layer for _, layer in energy_masks(model)]
+    layers = [name for name, _ in energy_masks(model)]
     logits, masks, unaries, energies = [], [], [], []
     for batch in images.split(batch_size):
-        logits.append(model(batch.to(device)).float().cpu())
+        with collect_terms(model) as collected:  # also right under DataParallel (ersm.layer)
+            logits.append(model(batch.to(device)).float().cpu())
         if layers:
-            terms = layers[0].terms
+            terms = collected.concatenated(layers[0])  # this batch's terms, in batch order
             masks.append(terms.mask.cpu())
             unaries.append(terms.unary.cpu())
             energies.append(terms.energy.cpu())

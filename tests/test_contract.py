@@ -15,6 +15,7 @@ from torch import nn
 
 import ersm
 from ersm import EnergyMask, collect_terms, regularization_loss
+from ersm.inference import predict
 from ersm.layer import EnergyTerms
 
 NAN_MESSAGE = "x contains non-finite values (NaN or inf) or overflows float32; the energy is undefined there"
@@ -183,6 +184,31 @@ def test_replicas_split_equals_one_pass(mode):
     if mode == "sequential":  # one device: arrival order is batch order
         torch.testing.assert_close(collected.concatenated().mask, one_pass_terms.mask, rtol=1e-6, atol=1e-7)
     assert ersm.energy_masks(model)[0][1].terms is one_pass_terms  # the replicas never touch it
+
+
+class CpuDataParallel(nn.Module):
+    """DataParallel's forward on the CPU: scatter the batch, run fresh replicas, gather the outputs
+    (replicas in turn: on one device, arrival order is what keeps the batch order)."""
+
+    def __init__(self, module: nn.Module, replicas: int = 2) -> None:
+        super().__init__()
+        self.module, self.replicas = module, replicas
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = x.chunk(self.replicas)
+        return torch.cat([replica(chunk) for replica, chunk in zip(cpu_replicas(self.module, len(chunks)), chunks)])
+
+
+def test_predict_reads_the_replicas_terms():
+    model = tiny_model().eval()
+    x = images(9)
+    reference = predict(model, x, batch_size=4)
+    model.layer2[1].terms = None  # only the replicas run from here on
+    wrapped = CpuDataParallel(model)
+    got = predict(wrapped, x, batch_size=4)  # batches 4, 4, 1 over 2 replicas
+    assert model.layer2[1].terms is None
+    for field in ("logits", "mask", "unary", "energy"):
+        torch.testing.assert_close(getattr(got, field), getattr(reference, field), rtol=1e-6, atol=1e-7)
 
 
 def test_records_ordered_by_pass_then_device():

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import EnergyMask, energy_masks
+from ersm.layer import EnergyMask, collect_terms, energy_masks
 from ersm.metrics.deletion import gradcam_scores, magnitude_scores, random_scores
 from ersm.models import split_at
 
@@ -53,15 +53,17 @@ def stage_view(model: nn.Module, images: torch.Tensor, stage: str = "layer2", se
     model.eval()
     encoder, head = split_at(model, stage)
     features, unmasked, masks, energies = [], [], [], []
-    layer = next((layer for _, layer in energy_masks(model)), None)
+    layer = next((name for name, _ in energy_masks(model)), None)
     # one encoder pass per batch; a hook keeps the stage's output before the mask
     hook = stage_output(model, stage).register_forward_hook(lambda _m, _i, out: unmasked.append(out.detach()))
     try:
         for batch in images.split(batch_size):
-            features.append(encoder(batch))
+            with collect_terms(model) as collected:
+                features.append(encoder(batch))
             if layer is not None:
-                masks.append(layer.terms.mask[:, 0])
-                energies.append(layer.terms.energy[:, 0])
+                terms = collected.concatenated(layer)
+                masks.append(terms.mask[:, 0])
+                energies.append(terms.energy[:, 0])
     finally:
         hook.remove()
     features, unmasked = torch.cat(features), torch.cat(unmasked)

@@ -14,7 +14,8 @@ from scipy import stats
 
 from ersm.metrics import hierarchical
 from ersm.metrics.hierarchical import (
-    interval_hull, mean_of_seed_means, mean_seed_ratio, paired_two_level_bootstrap, per_seed_statistics,
+    interval_hull, mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval, paired_two_level_bootstrap,
+    per_seed_statistics, rule_v2_interval,
     seed_t_interval, two_level_bootstrap,
 )
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
@@ -365,3 +366,28 @@ def test_power_bad_input_names_the_argument(kwargs, match):
     args = dict(n=10, sd=1.0, margin=1.0) | kwargs
     with pytest.raises(ValueError, match=match):
         noninferiority_power(**args)
+
+
+# ----------------------------------------------------------------------------- the one-call v2 intervals
+
+def test_rule_v2_intervals_are_the_hull_of_their_parts():
+    rng = np.random.default_rng(3)
+    a = rng.normal(1.0, 1.0, size=(3, 40)) + rng.normal(0, 0.5, size=(3, 1))
+    b = rng.normal(0.0, 1.0, size=(3, 40))
+    boot = paired_two_level_bootstrap(a, b, n_boot=500, seed=1)
+    t = seed_t_interval(per_seed_statistics(a) - per_seed_statistics(b))
+    assert paired_rule_v2_interval(a, b, n_boot=500, seed=1) == interval_hull(boot, t)
+    one = rule_v2_interval(a, n_boot=500, seed=1)
+    assert one == interval_hull(two_level_bootstrap(a, n_boot=500, seed=1), seed_t_interval(per_seed_statistics(a)))
+    # the hull is never narrower than either part
+    est, lo, hi = paired_rule_v2_interval(a, b, n_boot=500, seed=1)
+    assert lo <= min(boot[1], t[1]) and hi >= max(boot[2], t[2])
+
+
+def test_rule_v2_interval_widens_with_seed_variance_the_image_bootstrap_ignores():
+    rng = np.random.default_rng(4)
+    images = rng.normal(0, 1, size=(1, 200))
+    a = images + np.array([[-2.0], [0.0], [2.0]])  # seeds differ a lot, images vary a little
+    b = np.zeros_like(a) + rng.normal(0, 1e-3, size=a.shape)
+    _, lo, hi = paired_rule_v2_interval(a, b, n_boot=500)
+    assert lo < -1.0 and hi > 1.0

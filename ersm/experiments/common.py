@@ -14,16 +14,19 @@ from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebook
 from ersm.metrics.stats import mean_ci
 from ersm.train import get_model, is_cached, test_data, training_history
 
-DENSE, PAPER, CALIBRATED, CUTOUT = "dense", "ERSM paper", "ERSM calibrated", "dense + Cutout"
-CONTROL, CALIBRATED_CONTROL = "ERSM paper, beta=0", "ERSM calibrated, beta=0"  # the regulariser off
+DENSE, CUTOUT = "dense", "dense + Cutout"
+PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE = "ERSM paper", "ERSM calibrated", "ERSM meanfield", "ERSM hardconcrete"
+ERSM_MODELS = (PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE)  # the layer variants, each with its regulariser on
+CONTROLS = {name: f"{name}, beta=0" for name in ERSM_MODELS}  # the same layer with the regulariser off
+CONTROL, CALIBRATED_CONTROL = CONTROLS[PAPER], CONTROLS[CALIBRATED]
 VARIANTS = {
     DENSE: dict(model="dense"),
-    PAPER: dict(model="paper"),
-    CALIBRATED: dict(model="calibrated"),
     CUTOUT: dict(model="dense", augmentation="cutout"),
-    CONTROL: dict(model="paper", beta=0.0),
-    CALIBRATED_CONTROL: dict(model="calibrated", beta=0.0),
+    **{name: dict(model=model) for name, model in zip(ERSM_MODELS, ("paper", "calibrated", "meanfield", "hardconcrete"))},
+    **{CONTROLS[name]: dict(model=model, beta=0.0)
+       for name, model in zip(ERSM_MODELS, ("paper", "calibrated", "meanfield", "hardconcrete"))},
 }
+ALL_MODELS = tuple(VARIANTS)  # dense, Cutout, then every variant and its control
 
 
 def base_config(canvas: int, n_train: int, n_test: int, epochs: int, **changes) -> TrainConfig:

@@ -155,6 +155,27 @@ def interval_hull(*intervals) -> tuple[float, float, float]:
     return est, min(r[1] for r in rows), max(r[2] for r in rows)
 
 
+def rule_v2_interval(values, statistic=mean_of_seed_means, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, lo, hi)`` of one arm's statistic under rules v2: the hull of the two-level
+    bootstrap (shared image draws) and the Student-t interval over the per-seed statistics."""
+    return interval_hull(two_level_bootstrap(values, statistic, n_boot, seed, level),
+                         seed_t_interval(per_seed_statistics(values, statistic), level))
+
+
+def paired_rule_v2_interval(a, b, statistic=mean_of_seed_means, n_boot: int = 2000, seed: int = 0,
+                            level: float = 0.95) -> tuple[float, float, float]:
+    """``(statistic(a) - statistic(b), lo, hi)`` under rules v2: the hull of the paired two-level
+    bootstrap (shared image draws) and the t-interval of the per-seed differences.
+
+    This is the interval every image-level verdict reads (``docs/rules.md#rules-v2``). Orient
+    it so that a positive difference favours the claim.
+    """
+    boot = paired_two_level_bootstrap(a, b, statistic, n_boot, seed, level)
+    per_seed = per_seed_statistics(a, statistic) - per_seed_statistics(b, statistic)
+    return interval_hull(boot, seed_t_interval(per_seed, level))
+
+
 def _bootstrap(arrays, statistic, n_boot, seed, level, images) -> tuple[float, float, float]:
     _check_level(level)
     _check_n_boot(n_boot)

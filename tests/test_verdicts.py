@@ -652,7 +652,7 @@ def test_stage_view_magnitude_of_a_dense_model_is_the_stage_output():
     torch.manual_seed(0)
     model = ersm.build_model("small_cnn").eval()
     images = tiny_images()
-    view = rankings.stage_view(model, images)
+    view = rankings.stage_view(model, images, stage="layer2")
     with torch.no_grad():
         out = model.layer2(model.layer1(model.stem(images)))
     torch.testing.assert_close(view.rankings[MAGNITUDE], out.norm(dim=1))

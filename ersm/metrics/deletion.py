@@ -10,7 +10,8 @@ paper's claim (`docs/protocols.md#lerf-the-pruning-reading`): accuracy should su
 
 Two places to remove tokens:
 - ``feature_curves``: on the feature map after the Energy-Mask Layer, through the rest of the
-  network (``ersm.split_at``); removed tokens are zeroed, as the mask itself would do.
+  network (a stage view's ``head``: ``ersm.split_at``'s second half, or a hook-based
+  ``rankings.HookedHead``); removed tokens are zeroed, as the mask itself would do.
 - ``input_curves``: on the image, each token being an ``(H/h) x (W/w)`` patch. Substrates:
   zeros (RISE deletion), a Gaussian blur (RISE insertion: kernel 11, sigma 5), or ROAD's noisy
   linear imputation from the 8 neighbours (Rong et al., 2022, via ``pytorch_grad_cam``'s
@@ -104,8 +105,9 @@ def feature_curves(head: nn.Module, features: torch.Tensor, scores: torch.Tensor
     """Target-class probability as feature tokens are removed (or put back).
 
     Args:
-        head: the network after the cut (``ersm.split_at(model, stage)[1]``); run in eval mode.
-        features: ``[N, C, h, w]``, the encoder's output on the clean images.
+        head: the network after the cut, ``head(features) == model(images)`` (a stage view's
+            ``head``, e.g. ``ersm.split_at(model, stage)[1]``); run in eval mode.
+        features: ``[N, C, h, w]``, the stage's output on the clean images.
         scores: ``[N, h, w]`` token ranking, higher = more important.
         targets: ``[N]`` class indices whose probability is tracked.
         mode: ``"deletion"`` zeroes removed tokens; ``"insertion"`` starts from all zeros and

@@ -28,7 +28,8 @@ from ersm.seeding import DEVICES, resolve_device
 MODELS = ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
 AUGMENTATIONS = ("none", "cutout")
 OPTIMIZERS = ("adamw", "sgd")
-CACHE_VERSION = 3  # bump when training code changes what a config produces (2: channels_last; 3: kernel mode)
+CACHE_VERSION = 4  # bump when training code changes what a config produces (2: channels_last; 3: kernel mode;
+                   # 4: the validation split took 15% of the training digits, val_accuracy recorded per epoch)
 ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta", "iterations")
 
 
@@ -50,6 +51,7 @@ class TrainConfig:
     canvas: int = 48
     n_train: int = 3000
     n_test: int = 1000
+    n_val: int = 500                # validation images (held-out training digits) scored after every epoch
     clutter: int = 4                # up to this many distractor fragments per image
     background_label_correlation: float = 0.0  # rho of the spurious split (training set only)
     data_seed: int = 0
@@ -74,7 +76,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
         if self.iterations < 0:
             raise ValueError(f"iterations={self.iterations!r} must be >= 0")
-        for name in ("width", "proj_dim", "n_train", "n_test", "epochs", "batch_size", "cutout_size", "canvas"):
+        for name in ("width", "proj_dim", "n_train", "n_test", "n_val", "epochs", "batch_size", "cutout_size", "canvas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
         for name in ("lambda_unary", "lambda_pair", "beta", "lr", "weight_decay", "clutter", "seed", "data_seed"):

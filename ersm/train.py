@@ -61,6 +61,14 @@ def training_data(config: TrainConfig):
                    config.background_label_correlation, config.data_seed, "random")
 
 
+def validation_data(config: TrainConfig):
+    """The config's validation split: held-out training digits, drawn like the training set
+    (the same spurious correlation ``rho``), so it measures in-distribution generalisation.
+    Tuning and convergence decisions read this split only."""
+    return _digits("validation", config.n_val, config.canvas, config.clutter,
+                   config.background_label_correlation, config.data_seed + 2, "random")
+
+
 def test_data(config: TrainConfig, background: str = "random"):
     """The config's test split (no spurious correlation; ``background`` picks aligned/swapped sets)."""
     return _digits(*_test_args(config, background))
@@ -93,6 +101,7 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     seed_everything(config.seed)
     device = config.torch_device()
     images, labels, _ = training_data(config)
+    val_images, val_labels, _ = validation_data(config)
     test_images, test_labels, _ = test_data(config)
     model = make_model(config).to(device)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
@@ -109,7 +118,8 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         sums = train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show)
-        record = {"epoch": epoch + 1, **sums, **evaluation_record(model, test_images, test_labels),
+        record = {"epoch": epoch + 1, **sums, "val_accuracy": accuracy_of(model, val_images, val_labels),
+                  **evaluation_record(model, test_images, test_labels),
                   "seconds": round(time.perf_counter() - started, 2)}
         history.append(record)
         save_checkpoint(run_dir, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -167,6 +177,11 @@ def check_mask_offsets(model, config: TrainConfig, epoch: int, step: int) -> Non
             raise FloatingPointError(
                 f"{name}.mask_offset became {offset.item()} at epoch {epoch + 1}, step {step + 1} of config "
                 f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
+
+
+def accuracy_of(model, images, labels) -> float:
+    """Share of ``images`` classified as ``labels``."""
+    return (predict(model, images).logits.argmax(1) == labels).float().mean().item()
 
 
 def evaluation_record(model, images, labels) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
+NOT_CONVERGED = "INCONCLUSIVE (not converged)"  # rules v2: a claim whose models did not all converge (ersm.convergence)
 
 
 def superiority(lo: float, hi: float) -> str:

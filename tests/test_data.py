@@ -66,12 +66,13 @@ def test_two_constructions_give_identical_items():
 
 
 def test_items_are_stable_across_versions():
-    # Cached models and results depend on these exact images; change them on purpose only.
+    # Cached models and results depend on these exact images; change them on purpose only
+    # (last: the validation split took 15% of the training identities, CACHE_VERSION 4).
     meta = [ClutteredDigits("train", 3).meta(i) for i in range(3)]
     assert [(m["source_digit"], m["background"], m["n_distractors"]) for m in meta] == [
-        (4252, "coffee", 3),
+        (4258, "coffee", 3),
         (4451, "camera", 2),
-        (1098, "clock", 3),
+        (1104, "clock", 3),
     ]
 
 
@@ -105,14 +106,21 @@ def test_fast_resize_equals_torch_interpolate():
 # -- ClutteredDigits: content ------------------------------------------------------------
 
 
-def test_train_and_test_never_share_a_source_digit():
+def test_train_validation_and_test_never_share_a_source_digit():
     bank = _digit_bank()
-    assert not set(bank.splits["train"]) & set(bank.splits["test"])
-    assert len(bank.splits["train"]) + len(bank.splits["test"]) == 5000
-    train = set(ClutteredDigits("train", 2000).metadata()["source_digit"])
-    test = set(ClutteredDigits("test", 2000).metadata()["source_digit"])
-    assert train <= set(bank.splits["train"]) and test <= set(bank.splits["test"])
-    assert not train & test
+    parts = {name: set(bank.splits[name]) for name in ("train", "validation", "test")}
+    assert not parts["train"] & parts["test"] and not parts["train"] & parts["validation"]
+    assert not parts["validation"] & parts["test"]
+    assert sum(len(p) for p in parts.values()) == 5000
+    assert (len(parts["train"]), len(parts["validation"]), len(parts["test"])) == (3400, 600, 1000)
+    # stratified: every class holds 15% of its training identities out, to within one digit
+    for label in range(10):
+        held = np.isin(bank.splits["validation"], np.flatnonzero(bank.labels == label)).sum()
+        pool = held + np.isin(bank.splits["train"], np.flatnonzero(bank.labels == label)).sum()
+        assert abs(held - 0.15 * pool) <= 1
+    used = {name: set(ClutteredDigits(name, 2000).metadata()["source_digit"]) for name in parts}
+    for name in parts:
+        assert used[name] <= parts[name]
 
 
 def test_masks_are_nonempty_and_inside_their_box():

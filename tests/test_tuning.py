@@ -1,0 +1,99 @@
+"""The pre-registered tuning protocol (ersm.tuning) with fake training: known selections."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ersm import tuning
+from ersm.config import TrainConfig
+
+BASE = TrainConfig(epochs=3, n_train=100)
+
+
+def test_trial_zero_is_the_default_and_the_draws_are_in_the_space():
+    for family in tuning.FAMILY_CODES:
+        settings = tuning.trial_settings(family, 6)
+        assert len(settings) == 6
+        space = tuning.SPACES["dense" if family == "dense" else "ersm"]
+        assert settings[0] == {name: getattr(TrainConfig(), name) for name in space}
+        for setting in settings[1:]:
+            assert all(space[k][0] <= v <= space[k][1] for k, v in setting.items())
+    assert tuning.trial_settings("paper", 1)[0] == {"lambda_unary": 1.0, "lambda_pair": 1.0, "beta": 1.0}
+
+
+def test_grid_is_deterministic_nested_and_differs_between_families():
+    assert tuning.trial_settings("paper", 4) == tuning.trial_settings("paper", 8)[:4]
+    assert tuning.trial_settings("paper", 4)[1:] != tuning.trial_settings("meanfield", 4)[1:]
+
+
+def test_every_ersm_trial_keeps_the_regulariser_on():
+    assert all(s["beta"] >= 0.1 for f in ("paper", "calibrated", "meanfield", "hardconcrete")
+               for s in tuning.trial_settings(f, 50))
+
+
+def test_select_takes_the_highest_and_the_lower_index_on_ties():
+    assert tuning.select([80.0, 91.0, 85.0]) == 1
+    assert tuning.select([90.0, 91.0, 91.0]) == 1
+    with pytest.raises(ValueError, match="scores="):
+        tuning.select([80.0, math.nan])
+
+
+def test_tune_shares_dense_recipe_and_selects_on_validation_only():
+    seen = []
+
+    def history_of(config):  # validation accuracy peaks at lr 0.005 (dense) and at beta 2 (ERSM); test says otherwise
+        seen.append(config)
+        if config.model == "dense":
+            val = 0.9 - abs(math.log(config.lr / 0.005))
+        else:
+            val = 0.9 - abs(math.log(config.beta / 2.0))
+        return [{"val_accuracy": val, "test_accuracy": 1.0 - val}]
+
+    selected, grid = tuning.tune(BASE, 8, families=("paper",), history_of=history_of)
+    dense_trials = grid[grid.family == "dense"]
+    best_lr = dense_trials.loc[dense_trials.val_accuracy.idxmax(), "lr"]
+    assert selected["dense"]["lr"] == best_lr
+    assert all(c.lr == best_lr and c.weight_decay == selected["dense"]["weight_decay"] for c in seen if c.model == "paper")
+    paper = grid[grid.family == "paper"]
+    assert selected["paper"]["beta"] == paper.loc[paper.val_accuracy.idxmax(), "beta"]
+    assert grid.selected.sum() == 2 and len(grid) == 16
+    assert all(c.seed == tuning.TRIAL_SEED and c.epochs == BASE.epochs for c in seen)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_trial_counts_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match="trials="):
+        tuning.trial_settings("paper", bad)
+
+
+def test_non_positive_learning_rate_space_is_refused(monkeypatch):
+    monkeypatch.setitem(tuning.SPACES, "dense", {"lr": (0.0, 1e-2), "weight_decay": (1e-5, 1e-2)})
+    with pytest.raises(ValueError, match=r"lr=\(0.0, 0.01\)"):
+        tuning.trial_settings("dense", 3)
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(ValueError, match="family='cutout'"):
+        tuning.trial_settings("cutout", 3)
+
+
+def test_protocol_is_json_ready():
+    import json
+    assert json.loads(json.dumps(tuning.protocol(8)))["trials_per_family"] == 8
+
+
+def test_family_applies_the_selection_and_controls_keep_beta_zero():
+    from ersm.experiments import common
+    selected = {"dense": {"lr": 0.005, "weight_decay": 1e-4},
+                "paper": {"lr": 0.005, "weight_decay": 1e-4, "lambda_unary": 2.0, "lambda_pair": 0.5, "beta": 3.0}}
+    configs = common.family(BASE, [0, 1], names=(common.DENSE, common.CUTOUT, common.PAPER, common.CONTROL,
+                                                 common.CALIBRATED), selected=selected)
+    assert all(c.lr == 0.005 and c.weight_decay == 1e-4 for runs in configs.values() for c in runs)
+    assert [c.beta for c in configs[common.PAPER]] == [3.0, 3.0]
+    control = configs[common.CONTROL][0]
+    assert (control.beta, control.lambda_unary, control.lambda_pair, control.model) == (0.0, 2.0, 0.5, "paper")
+    assert configs[common.CALIBRATED][0].beta == 1.0  # not tuned here: the default
+    assert configs[common.CUTOUT][0].augmentation == "cutout"
+    with pytest.raises(ValueError, match="unknown famil"):
+        common.family(BASE, [0], names=("ERSM banana",))

@@ -1,4 +1,4 @@
-"""Command line: ``ersm train``, ``reproduce``, ``bench``, ``fingerprint``, ``check-portable`` (also ``python -m ersm``)."""
+"""Command line: ``ersm train``, ``reproduce``, ``table``, ``bench``, ``fingerprint``, ``check-portable`` (also ``python -m ersm``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="ci", help="ci or full")
     reproduce.add_argument("--only", help="run only notebooks whose name starts with this, e.g. 03")
     reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
+    table = commands.add_parser("table", help="print the claims table of one profile's results (with each notebook's commit)")
+    table.add_argument("--profile", default="ci", help="ci or full")
+    table.add_argument("--readme", action="store_true", help="also write it between the README's claims markers")
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
     commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the committed results")
@@ -44,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.reproduce import reproduce
 
             print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
+        elif args.command == "table":
+            from ersm.reproduce import claims_table, update_readme
+
+            print(claims_table(args.profile), end="")
+            if args.readme:
+                print(f"written into {update_readme(args.profile)}")
         elif args.command == "bench":
             from ersm.bench import main as bench
 

@@ -132,3 +132,22 @@ def test_update_readme_replaces_only_its_profile_block(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "| new table |" in text and "old ci" not in text
     assert "old full" in text and text.startswith("intro\n") and text.endswith("end\n")
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="lacks the markers <!-- claims:ci -->"):
+        update_readme("ci", "| t |\n")
+
+
+def test_reproduce_leaves_the_readme_and_the_table_names_each_commit(notebooks, tmp_path):
+    from ersm.reproduce import claims_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- claims:full -->\nold\n<!-- /claims:full -->\n")
+    reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: dict(INJECTED))
+    assert "old" in readme.read_text()  # only `ersm table --readme` writes it
+    record = tmp_path / "results" / "full" / f"{FIXTURE}.json"
+    other = json.loads(record.read_text())
+    other["provenance"].update(commit="abcdef0123", dirty=True)
+    (tmp_path / "results" / "full" / "02_other.json").write_text(json.dumps(other))
+    table = claims_table("full")
+    assert "2 different commits" in table and "`02_other` abcdef0+dirty" in table
+    assert table.count("fixture claim") == 2

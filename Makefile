@@ -33,9 +33,11 @@ reproduce: install
 ## re-execute the committed notebooks in place with their ci defaults (after changing them)
 notebooks: install
 	$(PYTHON) -m ersm reproduce --profile ci --inplace
+	$(PYTHON) -m ersm table --profile ci --readme
 
 full: install
 	$(PYTHON) -m ersm reproduce --profile full
+	$(PYTHON) -m ersm table --profile full --readme
 
 bench: install
 	$(PYTHON) -m ersm bench

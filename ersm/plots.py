@@ -22,14 +22,35 @@ def save(fig, name: str, profile: str) -> None:
         atomic_write_bytes(figures_dir() / f"{name}.png", buffer.getvalue())
 
 
-def training_curves(history: pd.DataFrame):
-    """Test accuracy and training loss per epoch, mean and band over seeds, per model."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    frame = history.assign(test_accuracy=100 * history["test_accuracy"])
-    sns.lineplot(frame, x="epoch", y="test_accuracy", hue="model", marker="o", ax=axes[0])
-    sns.lineplot(frame, x="epoch", y="cross_entropy", hue="model", marker="o", ax=axes[1], legend=False)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].set_ylabel("training cross-entropy")
+def training_curves(history: pd.DataFrame, ce_max: float | None = None):
+    """Validation and test accuracy and training cross-entropy per epoch, mean and band over seeds,
+    per model; ``ce_max`` draws the convergence rule's cross-entropy bar."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    frame = history.assign(val_accuracy=100 * history["val_accuracy"], test_accuracy=100 * history["test_accuracy"])
+    sns.lineplot(frame, x="epoch", y="val_accuracy", hue="model", marker="o", ax=axes[0], legend=False)
+    sns.lineplot(frame, x="epoch", y="test_accuracy", hue="model", marker="o", ax=axes[1], legend=False)
+    sns.lineplot(frame, x="epoch", y="cross_entropy", hue="model", marker="o", ax=axes[2])
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[1].set_ylabel("test accuracy (%)")
+    axes[2].set_ylabel("training cross-entropy")
+    axes[2].set_yscale("log")
+    if ce_max is not None:
+        axes[2].axhline(ce_max, color="k", lw=1, ls="--", label="convergence bar")
+    axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def tuning_tradeoff(report: pd.DataFrame):
+    """Every ERSM tuning trial: validation accuracy against mask sparsity and against mask AUROC."""
+    frame = report[report["family"] != "dense"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, x, label in ((axes[0], "sparsity", "mask sparsity on validation (1 - kept mass)"),
+                         (axes[1], "mask_auroc", "mask pixel AUROC on validation")):
+        sns.scatterplot(frame, x=x, y="val_accuracy", hue="family", style="selected", s=60, ax=ax, legend=ax is axes[1])
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy (%)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
 

@@ -125,3 +125,28 @@ def tune(base: TrainConfig, trials: int, families=("paper", "calibrated", "meanf
             rows.append({"family": family, "trial": index, **{name: getattr(config, name) for name in fields},
                          "val_accuracy": score, "selected": index == best})
     return selected, pd.DataFrame(rows)
+
+
+def trial_report(base: TrainConfig, grid: pd.DataFrame, recipe: dict) -> pd.DataFrame:
+    """``grid`` with, per ERSM trial, its mask on the validation split: ``sparsity`` (1 minus the
+    kept mass ``mean m / max m``, mean over images) and ``mask_auroc`` (per-pixel AUROC of the
+    mask, upsampled, against the digit, mean over images). Dense trials get NaN. Reads the
+    validation split only; the models come from the cache (``tune`` trained them)."""
+    from ersm.inference import predict
+    from ersm.metrics.localisation import pixel_auroc
+    from ersm.train import get_model, validation_data
+
+    rows = []
+    for row in grid.to_dict("records"):
+        sparsity = auroc = math.nan
+        if row["family"] != "dense":
+            settings = {k: row[k] for k in SPACES["ersm"]}
+            config = base.replace(model=row["family"], seed=TRIAL_SEED, **recipe, **settings)
+            images, _, masks = validation_data(config)
+            mask = predict(get_model(config), images).mask[:, 0].cpu().float()   # [N, h, w]
+            kept = mask.flatten(1).mean(1) / mask.flatten(1).amax(1).clamp_min(1e-12)
+            sparsity = float((1 - kept).mean())
+            shifted = mask - mask.flatten(1).amin(1).view(-1, 1, 1)
+            auroc = float(np.nanmean(pixel_auroc(shifted, masks).numpy()))
+        rows.append({**row, "sparsity": sparsity, "mask_auroc": auroc})
+    return pd.DataFrame(rows)

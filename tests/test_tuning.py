@@ -97,3 +97,15 @@ def test_family_applies_the_selection_and_controls_keep_beta_zero():
     assert configs[common.CUTOUT][0].augmentation == "cutout"
     with pytest.raises(ValueError, match="unknown famil"):
         common.family(BASE, [0], names=("ERSM banana",))
+
+
+def test_tune_and_report_on_tiny_real_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path))
+    base = TrainConfig(n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8)
+    selected, grid = tuning.tune(base, 2, families=("hardconcrete",))
+    report = tuning.trial_report(base, grid, {k: selected["dense"][k] for k in tuning.SPACES["dense"]})
+    assert list(report["family"]) == ["dense", "dense", "hardconcrete", "hardconcrete"]
+    assert report.loc[report.family == "dense", ["sparsity", "mask_auroc"]].isna().all().all()
+    ersm_rows = report[report.family == "hardconcrete"]
+    assert ersm_rows["sparsity"].between(0, 1).all() and ersm_rows["mask_auroc"].between(0, 1).all()
+    assert report["val_accuracy"].between(0, 100).all()

@@ -57,6 +57,19 @@ def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)
     return out
 
 
+def tuned_family(base: TrainConfig, seeds: list[int], trials: int, names=ALL_MODELS,
+                 background_label_correlation: float | None = None) -> dict[str, list[TrainConfig]]:
+    """``family`` at the settings the pre-registered protocol selects (``ersm.tuning``; it trains
+    the trials through the cache, on ``base``'s split). With ``background_label_correlation`` the
+    selected settings are trained on that spurious split instead."""
+    from ersm import tuning
+
+    selected, _ = tuning.tune(base, trials)
+    if background_label_correlation is not None:
+        base = base.replace(background_label_correlation=background_label_correlation)
+    return family(base, seeds, names, selected)
+
+
 def train_all(configs: dict[str, list[TrainConfig]]) -> dict[str, list]:
     """Trained models (from the cache when present), same layout as ``configs``; prints one summary line."""
     started = time.perf_counter()

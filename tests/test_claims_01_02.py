@@ -8,6 +8,7 @@ and on a torchvision ResNet-18. Bad input is refused with a ValueError naming th
 """
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -26,6 +27,7 @@ from ersm.inference import predict
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.metrics.stats import coefficient_of_variation
+from ersm.results import json_safe
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
 ERSM_NAME, CONTROL, MAGNITUDE = "ERSM x", "ERSM x, beta=0", "dense (relative magnitude)"
@@ -103,6 +105,16 @@ def test_power_table_guards_a_zero_sd():
     row = table.iloc[0]
     assert row["sd"] == 0.0 and row["seeds_needed"] == 2 and row["power"] == 1.0 and not row["underpowered"]
     assert "sd = 0" in row["note"]
+
+
+def test_power_table_past_the_seed_limit_and_as_json():
+    frame = accuracy_frame([30.0, -40.0, 20.0, -10.0])
+    row = accuracy.power_table(frame, [ERSM_NAME], 0.1).iloc[0]
+    assert row["seeds_needed"] is None and row["underpowered"] and "more than 1000" in row["note"]
+    claim = accuracy.accuracy_claim(frame, ERSM_NAME, 0.1, power=accuracy.POWER)
+    assert claim.verdict == f"{INCONCLUSIVE} (underpowered: 4 seeds of more than 1000 needed)"
+    records = accuracy.power_table(frame, [ERSM_NAME], 0.1).to_dict("records")
+    json.dumps(json_safe(records), allow_nan=False)             # what run.save writes
 
 
 def test_accuracy_claim_says_underpowered_beside_its_verdict():

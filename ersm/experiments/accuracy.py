@@ -57,7 +57,7 @@ def accuracy_claim(frame: pd.DataFrame, treatment: str, margin: float, power: fl
     verdict = non_inferiority(lo, hi, margin)
     if table is not None and bool(table["underpowered"].iloc[0]):
         row = table.iloc[0]
-        needed = f"{row['seeds_needed']}" if not pd.isna(row["seeds_needed"]) else f"more than {MAX_SEEDS}"
+        needed = row["seeds_needed"] if row["seeds_needed"] is not None else f"more than {MAX_SEEDS}"
         verdict += f" (underpowered: {row['seeds']} seeds of {needed} needed)"
     return Claim(
         claim=f"accuracy is preserved ({treatment})", metric="test accuracy (%), mean over seeds",
@@ -78,7 +78,7 @@ def power_table(frame: pd.DataFrame, treatments, margin: float, baseline: str = 
 
     - ``sd``: seed-level SD (``ddof=1``) of the paired difference ``treatment - baseline``;
     - ``seeds_needed``: ``seeds_for_noninferiority(sd, margin, power, alpha=0.025)``, the ``n``
-      of the rule (``<NA>`` when more than 1000 seeds would be needed);
+      of the rule (``None`` when more than 1000 seeds would be needed);
     - ``seeds``: the seeds present (paired with the baseline);
     - ``power``: the exact power of the test at the present seed count and a true difference of
       0 (``noninferiority_power``);
@@ -114,11 +114,11 @@ def power_table(frame: pd.DataFrame, treatments, margin: float, baseline: str = 
             try:
                 needed = seeds_for_noninferiority(sd, margin, power=power, alpha=ALPHA, max_seeds=MAX_SEEDS)
             except ValueError:
-                needed, note = pd.NA, f"more than {MAX_SEEDS} seeds needed"
+                needed, note = None, f"more than {MAX_SEEDS} seeds needed"
             achieved = noninferiority_power(n_seeds, sd, margin, alpha=ALPHA)
-        underpowered = True if needed is pd.NA else n_seeds < needed
+        underpowered = True if needed is None else n_seeds < needed
         rows.append({"model": treatment, "baseline": baseline, "sd": sd, "seeds_needed": needed, "seeds": n_seeds,
                      "power": achieved, "underpowered": bool(underpowered), "note": note})
     table = pd.DataFrame(rows)
-    table["seeds_needed"] = table["seeds_needed"].astype("Int64")
+    table["seeds_needed"] = pd.Series([row["seeds_needed"] for row in rows], dtype=object)  # ints, None past MAX_SEEDS
     return table

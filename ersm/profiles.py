@@ -18,8 +18,8 @@ COMMON = {
 }
 
 SPECIFIC = {
-    "01_training": {"ci": dict(MARGIN=1.0), "full": dict(MARGIN=0.5)},
-    "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0), "full": dict(SWEEP_SEED=0)},
+    "01_training": {"ci": dict(MARGIN=1.0), "full": dict(MARGIN=1.0)},  # rules v2: 1 point in both (v1: 0.5 in full)
+    "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0, N_BOOT=2000), "full": dict(SWEEP_SEED=0, N_BOOT=2000)},
     "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9),
                                 "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9)},
     "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_INPUT=50, N_ROAD=50),

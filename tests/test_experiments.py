@@ -1,10 +1,13 @@
-"""Verdict rules and the claim definitions the notebooks rely on, on synthetic inputs."""
+"""Verdict rules and the claim definitions the notebooks rely on, on synthetic inputs.
+
+The sparsity definitions of claim 02 (rules v2) are tested in ``tests/test_claims_01_02.py``.
+"""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from ersm.experiments import mask_quality, occlusion, sparsity
+from ersm.experiments import mask_quality, occlusion
 from ersm.experiments.common import paired_seed_difference
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, claims_markdown, non_inferiority, superiority, threshold
 
@@ -33,32 +36,6 @@ def test_paired_seed_difference_pairs_by_seed():
                           "accuracy": [90.0, 80.0, 70.0, 91.0, 81.0, 71.0]})
     diff, lo, hi = paired_seed_difference(frame, "accuracy", "b", "a")
     assert diff == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
-
-
-def test_kept_share_reads_the_relative_mask():
-    mask = torch.full((2, 1, 2, 2), 0.01)
-    mask[0, 0, 0, 0] = 0.02           # image 0: one token at the max, three at half of it -> all kept
-    mask[1, 0, 0, 0] = 0.4            # image 1: one token kept, three suppressed
-    np.testing.assert_allclose(sparsity.kept_share(mask), [1.0, 0.25])
-
-
-def test_degeneracy_flags():
-    half = torch.full((4, 1, 3, 3), 0.499)
-    assert sparsity.degeneracy(half)["collapsed_at_half"] and sparsity.degeneracy(half)["uniform"]
-    zero = torch.full((4, 1, 3, 3), 1e-4)
-    zero[:, :, 0, 0] = 5e-3
-    flags = sparsity.degeneracy(zero)
-    assert flags["collapsed_to_zero"] and not flags["collapsed_at_half"] and not flags["uniform"]
-    spread = torch.rand(4, 1, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.05
-    assert not any(sparsity.degeneracy(spread)[k] for k in ("collapsed_at_half", "collapsed_to_zero", "uniform"))
-
-
-def test_emergence_is_not_supported_when_degenerate():
-    frame = pd.DataFrame({"model": ["e"] * 3 + ["c"] * 3, "seed": [0, 1, 2] * 2, "suppressed_share": [0.6, 0.62, 0.61, 0.1, 0.12, 0.11],
-                          "collapsed_at_half": [False] * 6, "collapsed_to_zero": [False, True, False] + [False] * 3, "uniform": [False] * 6})
-    assert sparsity.emergence_claim(frame, "e", "c").verdict == NOT_SUPPORTED
-    frame.loc[1, "collapsed_to_zero"] = False
-    assert sparsity.emergence_claim(frame, "e", "c").verdict == SUPPORTED
 
 
 def test_occlusion_claim_uses_high_fractions_only():

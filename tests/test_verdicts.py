@@ -12,18 +12,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 import ersm
 import ersm.checkpoint
 import ersm.config
 import ersm.inference
 import ersm.train
-from ersm.experiments import accuracy, deletion, mask_quality, occlusion, rankings, sparsity
+from ersm.experiments import deletion, mask_quality, occlusion, rankings
 from ersm.experiments.common import DENSE
 from ersm.experiments.rankings import GRADCAM, MAGNITUDE, MASK
 from ersm.metrics.stats import mean_ci
@@ -31,13 +29,6 @@ from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, non_inferiorit
 
 N_BOOT = 500
 ERSM_NAME = "ERSM x"
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """An independent Student-t 95% interval of the mean."""
-    x = np.asarray(values, dtype=np.float64)
-    half = stats.t.ppf(0.975, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return x.mean(), x.mean() - half, x.mean() + half
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -78,100 +69,7 @@ def test_mean_ci_of_one_value_keeps_its_nan_interval():
     assert threshold(lo, hi, 0.0) == INCONCLUSIVE
 
 
-# ----------------------------------------------------------------------------- claim 1: accuracy
-
-def seed_frame(column: str, values: dict[str, list[float]], **extra) -> pd.DataFrame:
-    """One row per (model, seed) with ``column``; seeds 0..n-1; ``extra`` columns constant."""
-    return pd.DataFrame([{"model": model, "seed": seed, column: value, **extra}
-                         for model, vals in values.items() for seed, value in enumerate(vals)])
-
-
-DENSE_ACC = [90.0, 80.0, 70.0, 85.0]
-
-
-@pytest.mark.parametrize("deltas, margin, expected", [
-    ([0.1, -0.1, 0.0, 0.05], 1.0, SUPPORTED),        # the same accuracy, tight: non-inferior
-    ([2.0, 1.5, 2.5, 1.8], 1.0, SUPPORTED),          # better is non-inferior too
-    ([3.0, -3.0, 0.5, -1.0], 1.0, INCONCLUSIVE),     # no effect, but too noisy to rule out a loss
-    ([-5.0, -5.1, -4.9, -5.2], 1.0, NOT_SUPPORTED),  # clearly worse than the margin
-    ([-0.5, -0.45, -0.55, -0.5], 1.0, SUPPORTED),    # a loss inside the margin ...
-    ([-0.5, -0.45, -0.55, -0.5], 0.25, NOT_SUPPORTED),  # ... outside a tighter one
-])
-def test_accuracy_claim(deltas, margin, expected):
-    frame = seed_frame("accuracy", {DENSE: DENSE_ACC, ERSM_NAME: [d + a for d, a in zip(DENSE_ACC, deltas)],
-                                    "noise": [0.0, 100.0, 0.0, 100.0]})
-    claim = accuracy.accuracy_claim(frame, ERSM_NAME, margin)
-    mean, lo, hi = t_interval(deltas)
-    assert claim.verdict == expected
-    # orientation: ERSM - dense, paired by seed
-    assert claim.difference == pytest.approx(mean) and claim.lo == pytest.approx(lo) and claim.hi == pytest.approx(hi)
-    assert claim.baseline_name == DENSE and claim.baseline == pytest.approx(np.mean(DENSE_ACC))
-    assert claim.ersm == pytest.approx(np.mean(DENSE_ACC) + np.mean(deltas))
-    assert f"-{margin}" in claim.rule
-
-
-def test_accuracy_claim_pairs_by_seed_not_by_row_order():
-    frame = seed_frame("accuracy", {DENSE: DENSE_ACC, ERSM_NAME: [a + 0.2 for a in DENSE_ACC]})
-    shuffled = frame.sample(frac=1.0, random_state=0)
-    claim = accuracy.accuracy_claim(shuffled, ERSM_NAME, 1.0)
-    assert claim.difference == pytest.approx(0.2) and claim.lo == pytest.approx(0.2) and claim.verdict == SUPPORTED
-
-
-# ----------------------------------------------------------------------------- claim 2: sparsity
-
-FLAGS = dict(collapsed_at_half=False, collapsed_to_zero=False, uniform=False)
-
-
-def sparsity_frame(treatment: list[float], control: list[float], **flags) -> pd.DataFrame:
-    return seed_frame("suppressed_share", {ERSM_NAME: treatment, "control": control}, **{**FLAGS, **flags})
-
-
-@pytest.mark.parametrize("treatment, control, expected", [
-    ([0.60, 0.62, 0.61], [0.10, 0.12, 0.11], SUPPORTED),     # more suppressed than with beta = 0
-    ([0.30, 0.50, 0.20], [0.40, 0.20, 0.35], INCONCLUSIVE),  # no effect
-    ([0.10, 0.12, 0.11], [0.60, 0.62, 0.61], NOT_SUPPORTED),  # fewer suppressed
-])
-def test_emergence_claim(treatment, control, expected):
-    claim = sparsity.emergence_claim(sparsity_frame(treatment, control), ERSM_NAME, "control")
-    mean, lo, hi = t_interval(np.subtract(treatment, control))
-    assert claim.verdict == expected
-    assert claim.difference == pytest.approx(mean) and claim.lo == pytest.approx(lo) and claim.hi == pytest.approx(hi)
-    assert claim.baseline == pytest.approx(np.mean(control)) and claim.ersm == pytest.approx(np.mean(treatment))
-    assert claim.baseline_name == "control"
-
-
-@pytest.mark.parametrize("flag", ["collapsed_at_half", "collapsed_to_zero", "uniform"])
-def test_emergence_claim_is_not_supported_for_any_degenerate_treatment_seed(flag):
-    frame = sparsity_frame([0.60, 0.62, 0.61], [0.10, 0.12, 0.11])
-    frame.loc[(frame.model == ERSM_NAME) & (frame.seed == 2), flag] = True
-    assert sparsity.emergence_claim(frame, ERSM_NAME, "control").verdict == NOT_SUPPORTED
-    # a degenerate *control* does not decide anything
-    frame = sparsity_frame([0.60, 0.62, 0.61], [0.10, 0.12, 0.11])
-    frame.loc[frame.model == "control", flag] = True
-    assert sparsity.emergence_claim(frame, ERSM_NAME, "control").verdict == SUPPORTED
-
-
-@pytest.mark.parametrize("cvs, bar, expected", [
-    ([0.20, 0.21, 0.19], 0.05, SUPPORTED),
-    ([0.01, 0.09, 0.05], 0.05, INCONCLUSIVE),
-    ([0.010, 0.012, 0.011], 0.05, NOT_SUPPORTED),
-    ([0.20, 0.21, 0.19], 0.30, NOT_SUPPORTED),  # the same CVs under a higher bar
-])
-def test_adaptivity_claim(cvs, bar, expected):
-    frame = seed_frame("kept_share_cv", {ERSM_NAME: cvs, "other": [5.0, 6.0, 7.0]})
-    claim = sparsity.adaptivity_claim(frame, ERSM_NAME, bar=bar)
-    mean, lo, hi = t_interval(cvs)
-    assert claim.verdict == expected
-    # the interval is reported relative to the bar: difference = CV - bar
-    assert claim.ersm == pytest.approx(mean) and claim.baseline == bar
-    assert claim.difference == pytest.approx(mean - bar)
-    assert claim.lo == pytest.approx(lo - bar) and claim.hi == pytest.approx(hi - bar)
-
-
-def test_adaptivity_claim_default_bar_is_five_percent():
-    frame = seed_frame("kept_share_cv", {ERSM_NAME: [0.06, 0.061, 0.059]})
-    assert sparsity.adaptivity_claim(frame, ERSM_NAME).verdict == SUPPORTED
-    assert sparsity.adaptivity_claim(frame, ERSM_NAME).baseline == 0.05
+# Claims 1 (accuracy) and 2 (emergence, adaptivity) follow rules v2: tests/test_claims_01_02.py.
 
 
 # ----------------------------------------------------------------------------- claim 3: occlusion
@@ -410,26 +308,6 @@ def test_quality_claims_overall_needs_every_baseline():
 
 # ----------------------------------------------------------------------------- bad input
 
-def good_accuracy_frame() -> pd.DataFrame:
-    return seed_frame("accuracy", {DENSE: DENSE_ACC, ERSM_NAME: DENSE_ACC})
-
-
-def good_sparsity_frame() -> pd.DataFrame:
-    frame = sparsity_frame([0.6, 0.62, 0.61], [0.1, 0.12, 0.11])
-    frame["kept_share_cv"] = [0.2, 0.21, 0.19, 0.1, 0.1, 0.1]
-    return frame
-
-
-def with_value(frame: pd.DataFrame, model: str, column: str, value) -> pd.DataFrame:
-    frame = frame.copy()
-    frame.loc[frame.model == model, column] = value
-    return frame
-
-
-def one_seed(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame.seed == 0]
-
-
 def good_correct() -> dict:
     return correct_dict({ERSM_NAME: [1, 1, 0.8, 0.8], DENSE: [1, 1, 0.3, 0.3]})
 
@@ -458,55 +336,7 @@ def nan_scores() -> dict:
     return scores
 
 
-EMPTY = pd.DataFrame(columns=["model", "seed", "accuracy"])
-
 BAD_INPUT = {
-    # accuracy_claim
-    "accuracy: empty frame": (lambda: accuracy.accuracy_claim(EMPTY, ERSM_NAME, 1.0), r"frame is empty"),
-    "accuracy: not a frame": (lambda: accuracy.accuracy_claim({"model": []}, ERSM_NAME, 1.0), r"frame must be a pandas DataFrame"),
-    "accuracy: missing column": (lambda: accuracy.accuracy_claim(good_accuracy_frame().drop(columns="accuracy"), ERSM_NAME, 1.0),
-                                 r"frame lacks the column\(s\) \['accuracy'\]"),
-    "accuracy: missing treatment": (lambda: accuracy.accuracy_claim(good_accuracy_frame(), "ERSM y", 1.0),
-                                    r"treatment='ERSM y' is not a model in frame; models are \['ERSM x', 'dense'\]"),
-    "accuracy: missing dense": (lambda: accuracy.accuracy_claim(good_accuracy_frame().replace({DENSE: "other"}), ERSM_NAME, 1.0),
-                                r"'dense' is not a model in frame"),
-    "accuracy: treatment is dense": (lambda: accuracy.accuracy_claim(good_accuracy_frame(), DENSE, 1.0),
-                                     r"treatment='dense' and .* are the same"),
-    "accuracy: one seed": (lambda: accuracy.accuracy_claim(one_seed(good_accuracy_frame()), ERSM_NAME, 1.0),
-                           r"frame has 1 seed\(s\) for treatment='ERSM x'; a 95% t-interval over seeds needs at least 2"),
-    "accuracy: NaN": (lambda: accuracy.accuracy_claim(with_value(good_accuracy_frame(), ERSM_NAME, "accuracy", np.nan), ERSM_NAME, 1.0),
-                      r"frame\['accuracy'\] has NaN or inf for treatment='ERSM x' \(4 of 4 seeds\)"),
-    "accuracy: unpaired seeds": (lambda: accuracy.accuracy_claim(good_accuracy_frame().iloc[:-1], ERSM_NAME, 1.0),
-                                 r"treatment='ERSM x' has rows for seeds \[0, 1, 2\] in frame, which holds seeds \[0, 1, 2, 3\]"),
-    "accuracy: duplicate rows": (lambda: accuracy.accuracy_claim(pd.concat([good_accuracy_frame()] * 2), ERSM_NAME, 1.0),
-                                 r"frame has more than one row for \(model, seed\)"),
-    "accuracy: negative margin": (lambda: accuracy.accuracy_claim(good_accuracy_frame(), ERSM_NAME, -1.0), r"margin=-1.0 must lie in"),
-    "accuracy: NaN margin": (lambda: accuracy.accuracy_claim(good_accuracy_frame(), ERSM_NAME, float("nan")),
-                             r"margin=nan must be a finite number"),
-    # emergence_claim
-    "emergence: empty frame": (lambda: sparsity.emergence_claim(good_sparsity_frame().iloc[:0], ERSM_NAME, "control"), r"frame is empty"),
-    "emergence: missing control": (lambda: sparsity.emergence_claim(good_sparsity_frame(), ERSM_NAME, "beta=0"),
-                                   r"control='beta=0' is not a model in frame; models are \['ERSM x', 'control'\]"),
-    "emergence: missing treatment": (lambda: sparsity.emergence_claim(good_sparsity_frame(), "nope", "control"),
-                                     r"treatment='nope' is not a model in frame"),
-    "emergence: one seed": (lambda: sparsity.emergence_claim(one_seed(good_sparsity_frame()), ERSM_NAME, "control"),
-                            r"frame has 1 seed\(s\) for treatment='ERSM x'"),
-    "emergence: NaN shares": (lambda: sparsity.emergence_claim(with_value(good_sparsity_frame(), "control", "suppressed_share", np.nan),
-                                                               ERSM_NAME, "control"),
-                              r"frame\['suppressed_share'\] has NaN or inf for control='control'"),
-    "emergence: no flags": (lambda: sparsity.emergence_claim(good_sparsity_frame().drop(columns="uniform"), ERSM_NAME, "control"),
-                            r"frame lacks the column\(s\) \['uniform'\]"),
-    # adaptivity_claim
-    "adaptivity: empty frame": (lambda: sparsity.adaptivity_claim(good_sparsity_frame().iloc[:0], ERSM_NAME), r"frame is empty"),
-    "adaptivity: missing treatment": (lambda: sparsity.adaptivity_claim(good_sparsity_frame(), "ERSM y"),
-                                      r"treatment='ERSM y' is not a model in frame"),
-    "adaptivity: one seed": (lambda: sparsity.adaptivity_claim(one_seed(good_sparsity_frame()), ERSM_NAME),
-                             r"frame has 1 seed\(s\) for treatment='ERSM x'; a 95% t-interval over seeds needs at least 2"),
-    "adaptivity: NaN-only CVs": (lambda: sparsity.adaptivity_claim(with_value(good_sparsity_frame(), ERSM_NAME, "kept_share_cv", np.nan),
-                                                                   ERSM_NAME),
-                                 r"frame\['kept_share_cv'\] has NaN or inf for treatment='ERSM x' \(3 of 3 seeds\)"),
-    "adaptivity: NaN bar": (lambda: sparsity.adaptivity_claim(good_sparsity_frame(), ERSM_NAME, bar=float("nan")),
-                            r"bar=nan must be a finite number"),
     # occlusion_claim and curve_area_difference
     "occlusion: empty dict": (lambda: occlusion.occlusion_claim({}, FRACTIONS, ERSM_NAME, DENSE), r"correct must be a non-empty dict"),
     "occlusion: missing treatment": (lambda: occlusion.occlusion_claim(good_correct(), FRACTIONS, "ERSM y", DENSE),
@@ -603,9 +433,6 @@ def test_bad_input_is_refused_naming_the_argument(case):
 
 def test_the_good_inputs_behind_the_bad_ones_give_verdicts():
     """The bad-input cases above break one thing each in these inputs, which are accepted."""
-    assert accuracy.accuracy_claim(good_accuracy_frame(), ERSM_NAME, 1.0).verdict == SUPPORTED
-    assert sparsity.emergence_claim(good_sparsity_frame(), ERSM_NAME, "control").verdict == SUPPORTED
-    assert sparsity.adaptivity_claim(good_sparsity_frame(), ERSM_NAME).verdict == SUPPORTED
     assert occlusion.occlusion_claim(good_correct(), FRACTIONS, ERSM_NAME, DENSE, n_boot=N_BOOT).verdict == SUPPORTED
     area = occlusion.curve_area_difference(good_correct(), FRACTIONS, ERSM_NAME, DENSE, "square", "zero", N_BOOT)
     assert superiority(*area[3:]) == SUPPORTED

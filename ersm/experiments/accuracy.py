@@ -1,11 +1,34 @@
-"""Claim 1: classification accuracy is preserved (ERSM vs. the same backbone without the layer)."""
+"""Claim 1: classification accuracy is preserved (ERSM vs. the same backbone without the layer).
+
+Rules v2 (`docs/rules.md#01-accuracy-v2`), fixed before the run:
+
+- Non-inferiority of ERSM against dense: the Student-t 95% interval over seeds of the per-seed
+  difference ``accuracy(ERSM) - accuracy(dense)`` (paired by seed) must lie above ``-margin``
+  points (``margin = 1.0`` in v2, both profiles).
+- Seeds from a power analysis (``power_table``): ``s`` is the seed-level SD (``ddof=1``) of that
+  paired difference; ``n = seeds_for_noninferiority(s, margin, power=0.8)`` is the smallest seed
+  count with 80% power at a true difference of 0 (one-sided alpha 0.025, t quantiles;
+  ``ersm.metrics.power``). A run with fewer seeds than ``n`` is *underpowered*: with
+  ``accuracy_claim(..., power=POWER)`` its verdict text reads e.g.
+  ``"SUPPORTED (underpowered: 2 seeds of 5 needed)"``. The verdict itself is the first word(s),
+  one of SUPPORTED, NOT SUPPORTED, INCONCLUSIVE (``verdict.split(" (")[0]``); the note only says
+  that the run has fewer seeds than the rule asks for.
+- ``s == 0`` (every seed gives the same difference): no spread to plan with; ``n`` is the
+  minimum of 2 seeds, the power is 1, and the table's ``note`` says so.
+"""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ersm.experiments.common import DENSE, paired_seed_difference
 from ersm.inference import accuracy
-from ersm.verdicts import Claim, check_number, check_seed_pairs, non_inferiority
+from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
+from ersm.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_inferiority
+
+POWER = 0.8     # rules v2: 80% power ...
+ALPHA = 0.025   # ... at one-sided alpha 0.025, true difference 0
+MAX_SEEDS = 1000
 
 
 def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> pd.DataFrame:
@@ -15,19 +38,87 @@ def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> p
                          for name in models for model, config in zip(models[name], configs[name])])
 
 
-def accuracy_claim(frame: pd.DataFrame, treatment: str, margin: float) -> Claim:
-    """Non-inferiority of ``treatment`` against dense, paired by seed, margin in points.
+def accuracy_claim(frame: pd.DataFrame, treatment: str, margin: float, power: float | None = None) -> Claim:
+    """Non-inferiority of ``treatment`` against dense, paired by seed, margin in points (rules v2).
+
+    With ``power`` (e.g. ``POWER``), the seeds the power analysis asks for (``power_table``) are
+    compared with the seeds in ``frame``, and an underpowered run gets
+    ``" (underpowered: N seeds of n needed)"`` appended to its verdict text.
 
     Refuses (``ValueError``) an empty frame, a treatment or dense model missing from it, fewer
-    than two seeds, seeds not shared by both models, NaN accuracies and a negative margin.
+    than two seeds, seeds not shared by both models, NaN accuracies, a negative margin, and
+    (with ``power``) a margin of 0 or a power outside (0, 1).
     """
     check_number("margin", margin, low=0.0)
     check_seed_pairs(frame, "frame", "accuracy", {"treatment": treatment, "baseline (common.DENSE)": DENSE})
+    table = power_table(frame, [treatment], margin, power=power) if power is not None else None
     diff, lo, hi = paired_seed_difference(frame, "accuracy", treatment, DENSE)
     means = frame.groupby("model")["accuracy"].mean()
+    verdict = non_inferiority(lo, hi, margin)
+    if table is not None and bool(table["underpowered"].iloc[0]):
+        row = table.iloc[0]
+        needed = row["seeds_needed"] if row["seeds_needed"] is not None else f"more than {MAX_SEEDS}"
+        verdict += f" (underpowered: {row['seeds']} seeds of {needed} needed)"
     return Claim(
         claim=f"accuracy is preserved ({treatment})", metric="test accuracy (%), mean over seeds",
         baseline_name=DENSE, baseline=means[DENSE], ersm=means[treatment], difference=diff, lo=lo, hi=hi,
-        rule=f"non-inferiority: SUPPORTED if the 95% t-interval of the per-seed difference lies above -{margin} points; "
-             f"NOT SUPPORTED if it lies below -{margin}; else INCONCLUSIVE",
-        verdict=non_inferiority(lo, hi, margin))
+        rule=f"rules v2, non-inferiority, margin {margin} points: SUPPORTED if the 95% t-interval over seeds of the "
+             f"per-seed difference ({treatment} - {DENSE}, paired by seed) lies above -{margin}; "
+             f"NOT SUPPORTED if it lies below -{margin}; else INCONCLUSIVE"
+             + (f"; seeds from a power analysis ({power:.0%} power at a true difference of 0, one-sided alpha {ALPHA}), "
+                f"'underpowered' beside the verdict when the run has fewer" if power is not None else ""),
+        verdict=verdict)
+
+
+def power_table(frame: pd.DataFrame, treatments, margin: float, baseline: str = DENSE,
+                power: float = POWER) -> pd.DataFrame:
+    """Seeds for non-inferiority of each treatment against ``baseline`` (rules v2, claim 01).
+
+    One row per treatment, in the given order:
+
+    - ``sd``: seed-level SD (``ddof=1``) of the paired difference ``treatment - baseline``;
+    - ``seeds_needed``: ``seeds_for_noninferiority(sd, margin, power, alpha=0.025)``, the ``n``
+      of the rule (``None`` when more than 1000 seeds would be needed);
+    - ``seeds``: the seeds present (paired with the baseline);
+    - ``power``: the exact power of the test at the present seed count and a true difference of
+      0 (``noninferiority_power``);
+    - ``underpowered``: ``seeds < seeds_needed``;
+    - ``note``: why a row is special (``sd == 0``; more than 1000 seeds), else empty.
+
+    ``sd == 0`` gives ``seeds_needed = 2`` and ``power = 1`` (the t statistic is infinite at any
+    ``n >= 2``), with a note. Refuses (``ValueError``) what ``accuracy_claim`` refuses, an empty
+    or string ``treatments``, a margin of 0 and a power outside (0, 1).
+    """
+    check_number("margin", margin, low=0.0)
+    if margin == 0:
+        raise ValueError(f"margin={margin!r} must be > 0 for a power analysis (no seed count has power at margin 0)")
+    check_number("power", power, low=0.0, high=1.0)
+    if not 0 < power < 1:
+        raise ValueError(f"power={power!r} must lie strictly between 0 and 1")
+    if isinstance(treatments, str) or not isinstance(treatments, (list, tuple)) or len(treatments) == 0:
+        raise ValueError(f"treatments={treatments!r} must be a non-empty list of model names")
+    for i, treatment in enumerate(treatments):
+        check_seed_pairs(frame, "frame", "accuracy", {f"treatments[{i}]": treatment, "baseline": baseline})
+    pivot = frame.pivot(index="seed", columns="model", values="accuracy")
+    rows = []
+    for treatment in treatments:
+        diff = (pivot[treatment] - pivot[baseline]).to_numpy(dtype=np.float64)
+        n_seeds = diff.size
+        sd = float(diff.std(ddof=1))
+        note = ""
+        if sd == 0.0:
+            needed, achieved = MIN_UNITS, 1.0
+            note = (f"sd = 0: every seed gives the same difference; no spread to plan with, so the minimum of "
+                    f"{MIN_UNITS} seeds is listed and the power is 1")
+        else:
+            try:
+                needed = seeds_for_noninferiority(sd, margin, power=power, alpha=ALPHA, max_seeds=MAX_SEEDS)
+            except ValueError:
+                needed, note = None, f"more than {MAX_SEEDS} seeds needed"
+            achieved = noninferiority_power(n_seeds, sd, margin, alpha=ALPHA)
+        underpowered = True if needed is None else n_seeds < needed
+        rows.append({"model": treatment, "baseline": baseline, "sd": sd, "seeds_needed": needed, "seeds": n_seeds,
+                     "power": achieved, "underpowered": bool(underpowered), "note": note})
+    table = pd.DataFrame(rows)
+    table["seeds_needed"] = pd.Series([row["seeds_needed"] for row in rows], dtype=object)  # ints, None past MAX_SEEDS
+    return table

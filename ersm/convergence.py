@@ -94,6 +94,13 @@ def gate(claim: Claim, table: pd.DataFrame, *names: str) -> Claim:
     return claim if all_converged(table, names) else dataclasses.replace(claim, verdict=NOT_CONVERGED)
 
 
+def gate_verdict(verdict: str, table: pd.DataFrame, *names: str) -> str:
+    """An overall verdict string, gated like ``gate``."""
+    if not names:
+        raise ValueError("gate_verdict needs the names of the model families the verdict compares")
+    return verdict if all_converged(table, names) else NOT_CONVERGED
+
+
 def summary_line(table: pd.DataFrame) -> str:
     """One line: how many models converged, and why the others did not."""
     n, ok = len(table), int(table["converged"].sum())

@@ -80,3 +80,11 @@ def test_bad_input_is_refused_by_name():
 
 def test_longer_config_rounds_up():
     assert convergence.longer_config(BASE.replace(epochs=5)).epochs == math.ceil(7.5) == 8
+
+
+def test_gate_verdict_for_an_overall_line():
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.2, 0.9)})
+    table = convergence.assess(configs("paper"), history_of)
+    assert convergence.gate_verdict(SUPPORTED, table, "paper") == NOT_CONVERGED
+    with pytest.raises(ValueError, match="needs the names"):
+        convergence.gate_verdict(SUPPORTED, table)

@@ -8,6 +8,10 @@ seeds, a width-16 SmallCNN, always on the CPU (``DEVICE="cpu"``) so its outputs 
 with or without a GPU. ``full`` is larger (56-pixel canvas, a 14x14 token grid, the width-32
 SmallCNN, 8 epochs, 5 seeds, more images in the input-space deletion tests), runs on a GPU when
 there is one (``DEVICE="auto"``) and is injected by papermill.
+
+Model families are named by their display names (``ersm.experiments.common``; written out here so
+this module stays free of torch), e.g. notebook 03's ``BACKGROUND_MODELS``: the families trained at
+each rho of ``RHOS`` for the background-reliance claim.
 """
 from __future__ import annotations
 
@@ -20,10 +24,16 @@ COMMON = {
 SPECIFIC = {
     "01_training": {"ci": dict(MARGIN=1.0), "full": dict(MARGIN=0.5)},
     "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0), "full": dict(SWEEP_SEED=0)},
-    "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9),
-                                "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9)},
+    "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHOS=[0.7, 0.9],
+                                           BACKGROUND_MODELS=["dense", "ERSM paper", "ERSM meanfield", "ERSM hardconcrete"]),
+                                "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHOS=[0.5, 0.7, 0.9],
+                                             BACKGROUND_MODELS=["dense", "ERSM paper", "ERSM calibrated", "ERSM meanfield",
+                                                                "ERSM hardconcrete", "ERSM paper, beta=0", "ERSM calibrated, beta=0",
+                                                                "ERSM meanfield, beta=0", "ERSM hardconcrete, beta=0"])},
     "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_INPUT=50, N_ROAD=50),
                                  "full": dict(STEPS=16, N_BOOT=2000, N_INPUT=100, N_ROAD=100)},
+    # RHO: the spurious split of notebook 05 (background mass share, reported); the largest of 03's RHOS, so its
+    # dense and ERSM paper models are those notebook 03 trained (the cache)
     "05_mask_quality": {"ci": dict(TOLERANCE=3, N_BOOT=1000, RHO=0.9), "full": dict(TOLERANCE=4, N_BOOT=2000, RHO=0.9)},
 }
 PROFILE_NAMES = tuple(COMMON)

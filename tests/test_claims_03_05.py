@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from ersm import profiles
 from ersm.experiments import common, deletion, mask_quality, occlusion
 from ersm.experiments.common import CUTOUT, DENSE
 from ersm.experiments.rankings import ENERGY, GRADCAM, MAGNITUDE, MASK, MASKED_MAGNITUDE
@@ -473,6 +474,21 @@ def test_occlusion_correctness_conditions(tiny_run):
     assert set(some) == {("a", 7, "square", "zero"), ("b", 7, "square", "zero"), ("b", 7, "grid", "zero")}
     for key, hits in some.items():
         np.testing.assert_array_equal(hits, every[key])
+
+
+# ----------------------------------------------------------------------------- profiles and notebooks
+
+def test_background_profiles_name_families_and_rhos():
+    for profile, rhos in (("ci", [0.7, 0.9]), ("full", [0.5, 0.7, 0.9])):
+        params = profiles.parameters("03_occlusion_robustness", profile)
+        assert params["RHOS"] == rhos and "RHO" not in params
+        assert set(params["BACKGROUND_MODELS"]) <= set(common.VARIANTS) and DENSE in params["BACKGROUND_MODELS"]
+        spurious = profiles.parameters("05_mask_quality", profile)["RHO"]
+        assert spurious in rhos and common.PAPER in params["BACKGROUND_MODELS"]  # notebook 05 reuses those models
+    assert profiles.parameters("03_occlusion_robustness", "ci")["BACKGROUND_MODELS"] == [
+        DENSE, common.PAPER, common.MEANFIELD, common.HARDCONCRETE]
+    assert profiles.parameters("03_occlusion_robustness", "full")["BACKGROUND_MODELS"] == [
+        DENSE, *common.ERSM_MODELS, *common.CONTROLS.values()]
 
 
 # ----------------------------------------------------------------------------- bad input

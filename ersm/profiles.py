@@ -11,6 +11,11 @@ models do not converge, so every ``ci`` verdict is INCONCLUSIVE (not converged) 
 dense reached 91% test accuracy at that size in a one-seed trial), 5 seeds, 8 tuning trials per
 family (``ersm/tuning.py``), more images in the input-space deletion tests; it runs on a GPU
 when there is one (``DEVICE="auto"``) and is injected by papermill.
+
+Model families are named by their display names (``ersm.experiments.common``; written out here so
+this module stays free of torch), e.g. notebook 03's ``BACKGROUND_MODELS``: the families trained at
+each rho of ``RHOS`` for the background-reliance claim (``ci``: dense and ERSM paper only, to stay
+in the suite's budget; ``full``: every variant and control).
 """
 from __future__ import annotations
 
@@ -26,10 +31,16 @@ SPECIFIC = {
     "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0, SWEEP={"lambda_unary": [5.0], "beta": [5.0]}, N_BOOT=2000),
                              "full": dict(SWEEP_SEED=0, SWEEP={"lambda_unary": [0.2, 5.0], "lambda_pair": [0.0], "beta": [5.0]},
                                           N_BOOT=2000)},
-    "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9),
-                                "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHO=0.9)},
+    "03_occlusion_robustness": {"ci": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHOS=[0.5, 0.9],
+                                           BACKGROUND_MODELS=["dense", "ERSM paper"]),
+                                "full": dict(FRACTIONS=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], RHOS=[0.5, 0.7, 0.9],
+                                             BACKGROUND_MODELS=["dense", "ERSM paper", "ERSM calibrated", "ERSM meanfield",
+                                                                "ERSM hardconcrete", "ERSM paper, beta=0", "ERSM calibrated, beta=0",
+                                                                "ERSM meanfield, beta=0", "ERSM hardconcrete, beta=0"])},
     "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_INPUT=50, N_ROAD=50),
                                  "full": dict(STEPS=16, N_BOOT=2000, N_INPUT=100, N_ROAD=100)},
+    # RHO: the spurious split of notebook 05 (background mass share, reported); the largest of 03's RHOS, so its
+    # dense and ERSM paper models are those notebook 03 trained (the cache)
     "05_mask_quality": {"ci": dict(TOLERANCE=3, N_BOOT=1000, RHO=0.9), "full": dict(TOLERANCE=4, N_BOOT=2000, RHO=0.9)},
 }
 PROFILE_NAMES = tuple(COMMON)

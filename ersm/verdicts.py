@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -62,20 +63,34 @@ class Claim:
         return asdict(self)
 
     def describe(self, digits: int = 1) -> str:
-        f = f"{{:.{digits}f}}"
+        f = partial(number_text, digits=digits)
         return (f"Claim: {self.claim}\nMetric: {self.metric}\nRule (fixed before the run): {self.rule}\n"
-                f"{self.baseline_name}: {f.format(self.baseline)} | ERSM: {f.format(self.ersm)} | "
-                f"difference: {f.format(self.difference)} [95% CI {f.format(self.lo)}, {f.format(self.hi)}]\n"
+                f"{self.baseline_name}: {f(self.baseline)} | ERSM: {f(self.ersm)} | "
+                f"difference: {f(self.difference)} [95% CI {f(self.lo)}, {f(self.hi)}]\n"
                 f"VERDICT: {self.verdict}")
 
 
+NOT_AVAILABLE = "n/a"
+
+
+def number_text(value, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals; ``"n/a"`` for NaN or None (a claim with no value: e.g.
+    INCONCLUSIVE for want of headroom, whose numbers the results JSON stores as null)."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return NOT_AVAILABLE
+    return f"{value:.{digits}f}"
+
+
 def claims_markdown(rows: list[dict], digits: int = 2) -> str:
-    """A Markdown table: claim | metric | baseline | ERSM | difference [95% CI] | verdict."""
-    f = f"{{:.{digits}f}}"
+    """A Markdown table: claim | metric | baseline | ERSM | difference [95% CI] | verdict.
+
+    A value that is NaN or None (no value, e.g. no headroom) prints as ``n/a``.
+    """
+    f = partial(number_text, digits=digits)
     lines = ["| claim | metric | baseline | ERSM | difference [95% CI] | verdict |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['claim']} | {r['metric']} | {r['baseline_name']}: {f.format(r['baseline'])} | "
-                     f"{f.format(r['ersm'])} | {f.format(r['difference'])} [{f.format(r['lo'])}, {f.format(r['hi'])}] | "
+        lines.append(f"| {r['claim']} | {r['metric']} | {r['baseline_name']}: {f(r['baseline'])} | "
+                     f"{f(r['ersm'])} | {f(r['difference'])} [{f(r['lo'])}, {f(r['hi'])}] | "
                      f"**{r['verdict']}** |")
     return "\n".join(lines) + "\n"
 
@@ -85,6 +100,8 @@ def claims_markdown(rows: list[dict], digits: int = 2) -> str:
 # nothing that a valid input computes.
 
 MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
+RULE_V2_INTERVAL = ("rules v2 interval (hull of the paired two-level bootstrap over seeds and test images, one image draw "
+                    "shared by the drawn seeds, and the Student-t interval of the per-seed differences)")
 
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None) -> None:
@@ -108,6 +125,12 @@ def _sorted(items) -> list:
         return sorted(items)
     except TypeError:
         return sorted(items, key=str)
+
+
+def check_n_boot(n_boot) -> None:
+    """``n_boot`` is an integer >= 1 (checked up front, also where a claim ends before any bootstrap)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 1")
 
 
 def check_distinct(first: str, a, second: str, b) -> None:
@@ -185,6 +208,34 @@ def check_units(name: str, values, n: int | None = None, allow_nan: bool = False
                          f"a paired comparison needs the same test images")
     if x.size < MIN_UNITS:
         raise ValueError(f"{name} has {x.size} value(s); a bootstrap interval over test images needs at least {MIN_UNITS}")
+    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} {'inf' if allow_nan else 'NaN or inf'} value(s) of {x.size}; "
+                         f"a claim needs finite scores")
+    return x
+
+
+def check_seed_images(name: str, values, shape: tuple | None = None, allow_nan: bool = False) -> np.ndarray:
+    """A float64 ``[S, N]`` array (seeds x the same test images) with ``S >= MIN_UNITS`` seeds and
+    ``N >= MIN_UNITS`` images, finite (with ``allow_nan``, NaN passes and the caller drops those
+    images; inf never does), and of ``shape`` if given (the array it is paired with).
+
+    The rules v2 interval (``ersm.metrics.hierarchical.paired_rule_v2_interval``) reads such arrays.
+    """
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an [S, N] array of numbers (seeds x test images), "
+                         f"got {name} of type {type(values).__name__}") from None
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [S, N] array (seeds x test images), got {name} with shape {x.shape}")
+    if shape is not None and x.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {x.shape}, but the array it is paired with has {tuple(shape)}; "
+                         f"a paired comparison needs the same seeds and the same test images")
+    if x.shape[0] < MIN_UNITS:
+        raise ValueError(f"{name} has {x.shape[0]} seed(s); the rules v2 interval needs at least {MIN_UNITS}")
+    if x.shape[1] < MIN_UNITS:
+        raise ValueError(f"{name} has {x.shape[1]} test image(s); an interval over images needs at least {MIN_UNITS}")
     bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
     if bad.any():
         raise ValueError(f"{name} has {int(bad.sum())} {'inf' if allow_nan else 'NaN or inf'} value(s) of {x.size}; "

@@ -9,21 +9,26 @@ top-k pixels with k = the object's area. A constant offset carries no location, 
 is shifted to a minimum of 0 per image before the mass share (the other three metrics do not
 change under such a shift).
 
-Rule, fixed before the run. Primary metric: per-pixel AUROC. For each strong baseline map
-(magnitude and Grad-CAM, in the dense model and in the ERSM model), the paired bootstrap over
-test images (seed-averaged) of AUROC(ERSM mask) - AUROC(baseline). The claim is SUPPORTED if
-every interval lies above 0, NOT SUPPORTED if any lies below 0, else INCONCLUSIVE.
+Rules v2 (`docs/rules.md#05-mask-quality-v2`), fixed before the run. Primary metric: per-pixel
+AUROC, per seed and test image (``[S, N]``, seeds paired by row, the same images in every
+column). For each strong baseline map (magnitude and Grad-CAM, in the dense model and in the ERSM
+model), the images whose AUROC is NaN in any seed of either map are dropped from that comparison,
+and AUROC(ERSM mask) - AUROC(baseline) reads the rules v2 interval (``paired_rule_v2_interval``);
+superiority per row. The claim is SUPPORTED if every row is, NOT SUPPORTED if any row is NOT
+SUPPORTED, else INCONCLUSIVE.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
-from ersm.metrics.stats import paired_bootstrap
-from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, SUPPORTED, Claim, check_distinct, check_member, check_units,
-                           superiority)
+from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, RULE_V2_INTERVAL, SUPPORTED, Claim, check_distinct,
+                           check_member, check_n_boot, check_seed_images, superiority)
 
 METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "pixel AUROC", "top-k IoU")
 PRIMARY_METRIC = "pixel AUROC"
@@ -47,43 +52,74 @@ def localisation_scores(maps: torch.Tensor, masks: torch.Tensor, tolerance: int)
 
 
 def seed_averaged(per_seed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``{metric: [N]}``: each image's score averaged over seeds (NaN ignored)."""
     return {metric: np.nanmean([scores[metric] for scores in per_seed], axis=0) for metric in per_seed[0]}
 
 
+def stack_seeds(per_seed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``{metric: [S, N]}`` from one ``localisation_scores`` dict per seed (rows in list order)."""
+    return {metric: np.stack([np.asarray(scores[metric], dtype=np.float64) for scores in per_seed]) for metric in per_seed[0]}
+
+
 def quality_frame(scores: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
-    """Mean of each metric (rows: map; columns: metric)."""
-    return pd.DataFrame({name: {metric: np.nanmean(v) for metric, v in s.items()} for name, s in scores.items()}).T
+    """Mean of each metric (rows: map; columns: metric).
+
+    Scores ``[N]`` (seed-averaged) or ``[S, N]`` (per seed): a ``[S, N]`` array is averaged over
+    seeds per image first (NaN ignored), then over images, as for seed-averaged scores.
+    """
+    def mean(values):
+        values = np.asarray(values, dtype=np.float64)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an image NaN in every seed
+            per_image = np.nanmean(values, axis=0) if values.ndim == 2 else values
+            return np.nanmean(per_image)
+
+    return pd.DataFrame({name: {metric: mean(v) for metric, v in s.items()} for name, s in scores.items()}).T
 
 
 def quality_claims(scores: dict[str, dict[str, np.ndarray]], ersm_name: str, baselines: list[str], n_boot: int) -> tuple[list[Claim], str]:
-    """One row per baseline (primary metric: pixel AUROC) and the overall verdict.
+    """One row per baseline (primary metric: pixel AUROC, ``[S, N]`` per map) and the overall verdict.
 
-    Images where either map's AUROC is NaN are left out of that comparison. Refuses
-    (``ValueError``) an empty ``scores`` or ``baselines``, a map it lacks or without pixel
-    AUROC, a baseline equal to ``ersm_name``, unpaired images, inf scores, and fewer than two
-    images with both scores (NaN-only scores).
+    ``scores[map]["pixel AUROC"]``: ``[S, N]`` (e.g. ``stack_seeds``), the same seeds and images for
+    every map. Per comparison, images where either map's AUROC is NaN in any seed are dropped;
+    the rules v2 interval of ``AUROC(ersm_name) - AUROC(baseline)``; superiority per row. Refuses
+    (``ValueError``) an empty ``scores`` or ``baselines``, a map it lacks or without pixel AUROC,
+    a baseline equal to ``ersm_name``, fewer than two seeds, unpaired shapes, inf scores, and
+    fewer than two images left (NaN-only scores).
     """
+    check_n_boot(n_boot)
     check_quality_scores(scores, ersm_name, baselines)
     claims = []
-    a = scores[ersm_name]["pixel AUROC"]
+    a = np.asarray(scores[ersm_name][PRIMARY_METRIC], dtype=np.float64)
     for baseline in baselines:
-        b = scores[baseline]["pixel AUROC"]
-        keep = ~(np.isnan(a) | np.isnan(b))
-        diff, lo, hi = paired_bootstrap(a[keep], b[keep], n_boot=n_boot, seed=0)
+        b = np.asarray(scores[baseline][PRIMARY_METRIC], dtype=np.float64)
+        keep = both_finite(a, b)
+        diff, lo, hi = paired_rule_v2_interval(a[:, keep], b[:, keep], n_boot=n_boot, seed=0)
         claims.append(Claim(
-            claim=f"masks isolate the object ({ersm_name} vs {baseline})", metric="per-pixel AUROC against the digit mask",
-            baseline_name=baseline, baseline=b[keep].mean(), ersm=a[keep].mean(), difference=diff, lo=lo, hi=hi,
-            rule="superiority over every strong baseline: paired bootstrap over test images (seed-averaged; conditional on these trained models); "
+            claim=f"masks isolate the object ({ersm_name} vs {baseline})",
+            metric=f"per-pixel AUROC against the digit mask ({int(keep.sum())} of {keep.size} images: no NaN in any seed of either map)",
+            baseline_name=baseline, baseline=float(mean_of_seed_means(b[:, keep])), ersm=float(mean_of_seed_means(a[:, keep])),
+            difference=diff, lo=lo, hi=hi,
+            rule=f"superiority over every strong baseline; {RULE_V2_INTERVAL}; "
                  "overall SUPPORTED if every interval lies above 0, NOT SUPPORTED if any lies below 0",
             verdict=superiority(lo, hi)))
+    return claims, overall_verdict(claims)
+
+
+def overall_verdict(claims: list[Claim]) -> str:
+    """SUPPORTED if every row is, NOT SUPPORTED if any row is NOT SUPPORTED, else INCONCLUSIVE."""
     verdicts = {c.verdict for c in claims}
-    overall = NOT_SUPPORTED if NOT_SUPPORTED in verdicts else SUPPORTED if verdicts == {SUPPORTED} else INCONCLUSIVE
-    return claims, overall
+    return NOT_SUPPORTED if NOT_SUPPORTED in verdicts else SUPPORTED if verdicts == {SUPPORTED} else INCONCLUSIVE
+
+
+def both_finite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``bool [N]``: the images with no NaN in any seed of ``a`` and of ``b`` (each ``[S, N]``)."""
+    return ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
 
 
 def check_quality_scores(scores, ersm_name: str, baselines) -> None:
     if not isinstance(scores, dict) or not scores:
-        raise ValueError(f"scores must be a non-empty dict {{map: {{metric: per-image scores}}}}, got scores={scores!r:.80}")
+        raise ValueError(f"scores must be a non-empty dict {{map: {{metric: per-seed scores [S, N]}}}}, got scores={scores!r:.80}")
     if isinstance(baselines, str) or not isinstance(baselines, (list, tuple)) or not baselines:
         raise ValueError(f"baselines={baselines!r} must be a non-empty list of map names in scores")
     for arg, name in [("ersm_name", ersm_name)] + [(f"baselines[{i}]", b) for i, b in enumerate(baselines)]:
@@ -92,13 +128,14 @@ def check_quality_scores(scores, ersm_name: str, baselines) -> None:
             raise ValueError(f"scores[{name!r}] has no {PRIMARY_METRIC!r} scores (the primary metric)")
         if arg != "ersm_name":
             check_distinct("ersm_name", ersm_name, arg, name)
-    a = check_units(f"scores[{ersm_name!r}][{PRIMARY_METRIC!r}]", scores[ersm_name][PRIMARY_METRIC], allow_nan=True)
+    a = check_seed_images(f"scores[{ersm_name!r}][{PRIMARY_METRIC!r}]", scores[ersm_name][PRIMARY_METRIC], allow_nan=True)
     for baseline in baselines:
-        b = check_units(f"scores[{baseline!r}][{PRIMARY_METRIC!r}]", scores[baseline][PRIMARY_METRIC], n=a.size, allow_nan=True)
-        both = int((~(np.isnan(a) | np.isnan(b))).sum())
+        b = check_seed_images(f"scores[{baseline!r}][{PRIMARY_METRIC!r}]", scores[baseline][PRIMARY_METRIC],
+                              shape=a.shape, allow_nan=True)
+        both = int(both_finite(a, b).sum())
         if both < MIN_UNITS:
-            raise ValueError(f"scores[{ersm_name!r}] and scores[{baseline!r}] have {both} image(s) with both {PRIMARY_METRIC} "
-                             f"scores not NaN; a bootstrap interval over images needs at least {MIN_UNITS}")
+            raise ValueError(f"scores[{ersm_name!r}] and scores[{baseline!r}] have {both} image(s) with {PRIMARY_METRIC} "
+                             f"not NaN in any seed of either; an interval over images needs at least {MIN_UNITS}")
 
 
 def background_share(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:

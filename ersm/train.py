@@ -1,5 +1,8 @@
 """Training with a model cache: ``get_model(config)`` returns the trained model, training it once.
 
+The training loop itself is the engine's, :func:`ersm.engine.fit`; this module turns a
+:class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache.
+
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
   ``metrics.jsonl`` (one JSON line per epoch) and a verified checkpoint (``ersm.checkpoint``).
 - A run stopped mid-way resumes from its last finished epoch and ends with the same weights as
@@ -18,26 +21,18 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import sys
-import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ersm.augment import cutout
-from ersm.checkpoint import load_checkpoint, save_checkpoint
+from ersm.checkpoint import load_checkpoint
 from ersm.config import TrainConfig
 from ersm.data import ClutteredDigits
-from ersm.inference import predict
-from ersm.layer import energy_masks
-from ersm.loss import ersm_objective
+from ersm.engine import fit
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
-from ersm.seeding import derived_seed, seed_everything
-
-MASK_THRESHOLDS = (0.05, 0.1, 0.25)
+from ersm.seeding import seed_everything
 
 
 def _dataset(split: str, n: int, canvas: int, clutter: int, rho: float, seed: int, background: str) -> ClutteredDigits:
@@ -82,17 +77,10 @@ def make_model(config: TrainConfig) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, steps: int):
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
-    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.2)
-
-
 def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_after_epoch: int | None = None) -> nn.Module:
     """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on its device.
 
+    The loop is :func:`ersm.engine.fit`; this function only turns the config into its arguments.
     ``stop_after_epoch`` ends the run early (as if killed) after that epoch's checkpoint: for tests.
     """
     run_dir = run_dir or cache_dir() / config.digest()
@@ -104,95 +92,18 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     val_images, val_labels, _ = validation_data(config)
     test_images, test_labels, _ = test_data(config)
     model = make_model(config).to(device)
-    steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    optimizer, scheduler = make_optimizer(config, model, config.epochs * steps_per_epoch)
-    state = load_checkpoint(run_dir)
-    history: list[dict] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
-    # per-epoch bars in a terminal only; notebooks print one summary line per cell (common.train_all)
-    show = sys.stderr.isatty() if progress is None else progress
-    for epoch in range(len(history), config.epochs):
-        started = time.perf_counter()
-        sums = train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show)
-        record = {"epoch": epoch + 1, **sums, "val_accuracy": accuracy_of(model, val_images, val_labels),
-                  **evaluation_record(model, test_images, test_labels),
-                  "seconds": round(time.perf_counter() - started, 2)}
-        history.append(record)
-        save_checkpoint(run_dir, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "history": history, "config": config.to_dict()})
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    return model.eval()
+    augment = functools.partial(_cutout, size=config.cutout_size) if config.augmentation == "cutout" else None
+    fitted = fit(model, (images, labels), epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
+                 batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
+                 weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
+                 device=device, validation=(val_images, val_labels), test=(test_images, test_labels), run_dir=run_dir,
+                 checkpoint_extra={"config": config.to_dict()}, name=f"{config.model} seed {config.seed} "
+                 f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch)
+    return fitted.model
 
 
-def train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show) -> dict:
-    """One pass over the shuffled training set; returns the epoch's mean loss terms and accuracy."""
-    model.train()
-    generator = torch.Generator().manual_seed(derived_seed(config.seed, epoch))
-    order = torch.randperm(len(images), generator=generator)
-    totals = {"loss": 0.0, "cross_entropy": 0.0, "l_reg": 0.0, "train_accuracy": 0.0}
-    batches = order.split(config.batch_size)
-    bar = tqdm(batches, desc=f"{config.model} seed {config.seed} epoch {epoch + 1}/{config.epochs}",
-               disable=not show, leave=False, file=sys.stderr)
-    use_amp = device.type == "cuda"
-    for step, index in enumerate(bar):
-        x, y = images[index], labels[index]
-        if config.augmentation == "cutout":
-            x = cutout(x, config.cutout_size, generator)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            try:
-                logits = model(x)
-            except ValueError as error:  # the EnergyMask refuses non-finite features: divergence
-                raise FloatingPointError(f"non-finite features at epoch {epoch + 1}, step {step + 1} of config "
-                                         f"{config.digest()} ({error}); the last good checkpoint (epoch {epoch}) is kept") from error
-        objective = ersm_objective(logits, y, model, config.beta if config.is_ersm else 0.0)
-        if not torch.isfinite(objective.total):
-            raise FloatingPointError(
-                f"non-finite loss ({objective.total.item()}) at epoch {epoch + 1}, step {step + 1} of config "
-                f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
-        optimizer.zero_grad(set_to_none=True)
-        objective.total.backward()
-        optimizer.step()
-        scheduler.step()
-        check_mask_offsets(model, config, epoch, step)
-        n = len(index)
-        totals["loss"] += objective.total.item() * n
-        totals["cross_entropy"] += objective.cross_entropy.item() * n
-        totals["l_reg"] += objective.regularizer.item() * n
-        totals["train_accuracy"] += (logits.argmax(1) == y).sum().item()
-    return {key: value / len(images) for key, value in totals.items()}
-
-
-def check_mask_offsets(model, config: TrainConfig, epoch: int, step: int) -> None:
-    """Stop when a learned mask offset became non-finite (it would silently turn every mask into NaN)."""
-    for name, layer in energy_masks(model):
-        offset = getattr(layer, "mask_offset", None)
-        if offset is not None and not torch.isfinite(offset).item():
-            raise FloatingPointError(
-                f"{name}.mask_offset became {offset.item()} at epoch {epoch + 1}, step {step + 1} of config "
-                f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
-
-
-def accuracy_of(model, images, labels) -> float:
-    """Share of ``images`` classified as ``labels``."""
-    return (predict(model, images).logits.argmax(1) == labels).float().mean().item()
-
-
-def evaluation_record(model, images, labels) -> dict:
-    """Test accuracy and, for ERSM models, mask statistics at the fixed thresholds."""
-    out = predict(model, images)
-    record = {"test_accuracy": (out.logits.argmax(1) == labels).float().mean().item()}
-    if out.mask is not None:
-        record["mean_mask"] = out.mask.mean().item()
-        for threshold in MASK_THRESHOLDS:
-            record[f"share_mask_below_{threshold}"] = (out.mask < threshold).float().mean().item()
-    return record
+def _cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    return cutout(images, size, generator)
 
 
 def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ersm.checkpoint
+import ersm.engine
 import ersm.train
 from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
@@ -49,14 +50,14 @@ def history(run_dir, drop=("seconds",)) -> list[dict]:
 
 
 def count_epochs(monkeypatch) -> list[int]:
-    """Wrap ``train_one_epoch`` so the test sees which epochs actually ran."""
-    ran, original = [], ersm.train.train_one_epoch
+    """Wrap the engine's ``train_one_epoch`` so the test sees which epochs actually ran."""
+    ran, original = [], ersm.engine.train_one_epoch
 
-    def counting(config, model, optimizer, scheduler, images, labels, epoch, *rest):
+    def counting(run, epoch):
         ran.append(epoch)
-        return original(config, model, optimizer, scheduler, images, labels, epoch, *rest)
+        return original(run, epoch)
 
-    monkeypatch.setattr(ersm.train, "train_one_epoch", counting)
+    monkeypatch.setattr(ersm.engine, "train_one_epoch", counting)
     return ran
 
 
@@ -71,7 +72,7 @@ def test_second_get_model_is_a_cache_hit(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached config must not be trained again")
 
-    monkeypatch.setattr(ersm.train, "train_one_epoch", no_training)
+    monkeypatch.setattr(ersm.engine, "train_one_epoch", no_training)
     second = ersm.train.get_model(TINY)
     assert_same_weights(first, second)
     assert not second.training
@@ -168,7 +169,7 @@ def test_corrupt_checkpoint_warns_and_retrains(monkeypatch, corrupt):
 # --- non-finite loss -----------------------------------------------------------------------------
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatch):
-    calls, real = [], ersm.train.ersm_objective
+    calls, real = [], ersm.engine.ersm_objective
     poisoned_call = STEPS_PER_EPOCH + 2  # epoch 2, step 2
 
     def objective(logits, targets, model, beta):
@@ -178,7 +179,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
             return Objective(result.total * float("nan"), result.cross_entropy, result.regularizer)
         return result
 
-    monkeypatch.setattr(ersm.train, "ersm_objective", objective)
+    monkeypatch.setattr(ersm.engine, "ersm_objective", objective)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2\b"):
         ersm.train.get_model(TINY)
     run_dir = cache_dir() / TINY.digest()
@@ -189,7 +190,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
     assert len(history(run_dir)) == 1
 
     # once the cause is gone, training resumes from epoch 2 and matches an uninterrupted run
-    monkeypatch.setattr(ersm.train, "ersm_objective", real)
+    monkeypatch.setattr(ersm.engine, "ersm_objective", real)
     resumed = ersm.train.get_model(TINY)
     assert_same_weights(resumed, ersm.train.train(TINY, run_dir.parent / "straight"))
 

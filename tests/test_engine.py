@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from torchvision.models import resnet18
 
 import ersm
-from ersm.engine import fit, train_step
+from ersm import fit, train_step
 from ersm.seeding import seed_everything
 
 

@@ -36,9 +36,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--config {args.config} must hold a JSON object of TrainConfig fields, not {type(values).__name__}")
             values.update(dict(parse_assignment(item) for item in args.set))
             config = from_dict(values)
+            from ersm.data import DatasetNotAvailable
+            from ersm.models import WeightsNotAvailable
             from ersm.train import get_model, training_history
 
-            get_model(config)
+            try:
+                get_model(config)
+            except (DatasetNotAvailable, WeightsNotAvailable) as error:  # offline: say what to download where
+                print(f"ersm train: error: {error}", file=sys.stderr)
+                return 2
             print(json.dumps({"config": config.digest(), "final": training_history(config)[-1]}, indent=1))
         elif args.command == "reproduce":
             from ersm.reproduce import reproduce

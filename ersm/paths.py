@@ -15,6 +15,13 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def data_dir() -> Path:
+    """Where the real datasets live (or are downloaded to): ``ERSM_DATA`` if set, else ``data/`` under the root."""
+    if os.environ.get("ERSM_DATA"):
+        return Path(os.environ["ERSM_DATA"]).resolve()
+    return repo_root() / "data"
+
+
 def runs_dir() -> Path:
     return repo_root() / "runs"
 

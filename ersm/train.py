@@ -21,84 +21,102 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import torch
 from torch import nn
 
 from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
-from ersm.config import TrainConfig
-from ersm.data import ClutteredDigits
+from ersm.config import DEFAULT_DATASET, TrainConfig
+from ersm.data import evaluation_set, load_split, split_metadata, training_set
 from ersm.engine import fit
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
 from ersm.seeding import seed_everything
 
 
-def _dataset(split: str, n: int, canvas: int, clutter: int, rho: float, seed: int, background: str) -> ClutteredDigits:
-    return ClutteredDigits(split, n, canvas=canvas, seed=seed, clutter=(0, clutter), background=background,
-                           background_label_correlation=rho)
-
-
-@functools.lru_cache(maxsize=8)
-def _digits(*args):
-    return _dataset(*args).tensors()
-
-
-def _test_args(config: TrainConfig, background: str) -> tuple:
-    """The test split's dataset arguments: no spurious correlation, its own seed."""
-    return ("test", config.n_test, config.canvas, config.clutter, 0.0, config.data_seed + 1, background)
-
-
 def training_data(config: TrainConfig):
-    """``(images [N,1,H,W], labels [N], masks [N,1,H,W])`` of the config's training split."""
-    return _digits("train", config.n_train, config.canvas, config.clutter,
-                   config.background_label_correlation, config.data_seed, "random")
+    """``(images [N, C, H, W], labels [N], masks [N, 1, H, W])`` of the config's training split
+    (un-augmented; ``ersm.data.load_split``, kept here for older callers)."""
+    return load_split(config, "train")
 
 
 def validation_data(config: TrainConfig):
-    """The config's validation split: held-out training digits, drawn like the training set
-    (the same spurious correlation ``rho``), so it measures in-distribution generalisation.
-    Tuning and convergence decisions read this split only."""
-    return _digits("validation", config.n_val, config.canvas, config.clutter,
-                   config.background_label_correlation, config.data_seed + 2, "random")
+    """The config's validation split: held-out training items, drawn like the training set (for
+    the digits, the same spurious correlation ``rho``), so it measures in-distribution
+    generalisation. Tuning and convergence decisions read this split only (``ersm.data.load_split``)."""
+    return load_split(config, "validation")
 
 
 def test_data(config: TrainConfig, background: str = "random"):
-    """The config's test split (no spurious correlation; ``background`` picks aligned/swapped sets)."""
-    return _digits(*_test_args(config, background))
+    """The config's test split (no spurious correlation; ``background`` picks aligned/swapped digit sets)."""
+    return load_split(config, "test", background)
 
 
-def make_model(config: TrainConfig) -> nn.Module:
-    """The untrained model of a config, initialised from ``config.seed``."""
+def test_metadata(config: TrainConfig, background: str = "random") -> dict:
+    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
+    return split_metadata(config, "test", background)
+
+
+def make_model(config: TrainConfig, load_pretrained: bool = True) -> nn.Module:
+    """The untrained model of a config, initialised from ``config.seed`` (``channels_last``).
+
+    Channels and classes come from the dataset; real datasets get their normalisation as the
+    model's first stage (``ersm.models.Normalize``); ``pretrained`` loads ImageNet weights
+    (unless ``load_pretrained=False``: a checkpoint is about to replace them anyway).
+    """
+    spec = config.spec
     torch.manual_seed(config.seed)
-    model = build_model(config.backbone, in_channels=1, num_classes=10, energy_mask=config.energy_mask_kwargs(),
-                        after=config.insert_after, width=config.width if config.backbone == "small_cnn" else None)
+    model = build_model(config.backbone, in_channels=spec.channels, num_classes=spec.classes,
+                        energy_mask=config.energy_mask_kwargs(), after=config.insert_after,
+                        width=config.width if config.backbone == "small_cnn" else None,
+                        pretrained=config.pretrained and load_pretrained,
+                        normalize=None if spec.mean is None else (spec.mean, spec.std))
     return model.to(memory_format=torch.channels_last)
+
+
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers for the real datasets: ``ERSM_WORKERS`` if set, else 0 on the CPU (its
+    cores train) and up to 8 per process on CUDA. The images do not depend on it (``SeededTransform``)."""
+    raw = os.environ.get("ERSM_WORKERS")
+    if raw is not None:
+        if not raw.isdigit():
+            raise ValueError(f"ERSM_WORKERS={raw!r} must be an integer >= 0")
+        return int(raw)
+    if device.type != "cuda":
+        return 0
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, (os.cpu_count() or 1) // per_node - 1))
 
 
 def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_after_epoch: int | None = None) -> nn.Module:
     """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on its device.
 
     The loop is :func:`ersm.engine.fit`; this function only turns the config into its arguments.
-    ``stop_after_epoch`` ends the run early (as if killed) after that epoch's checkpoint: for tests.
+    The data (and any missing download) is ready before the first step; ``ValueError`` or
+    ``DatasetNotAvailable`` come before any training. ``stop_after_epoch`` ends the run early
+    (as if killed) after that epoch's checkpoint: for tests.
     """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config={config!r} must be a TrainConfig")
     run_dir = run_dir or cache_dir() / config.digest()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
     seed_everything(config.seed)
     device = config.torch_device()
-    images, labels, _ = training_data(config)
-    val_images, val_labels, _ = validation_data(config)
-    test_images, test_labels, _ = test_data(config)
+    data = training_set(config)
+    validation, test = evaluation_set(config, "validation"), evaluation_set(config, "test")
     model = make_model(config).to(device)
-    augment = functools.partial(_cutout, size=config.cutout_size) if config.augmentation == "cutout" else None
-    fitted = fit(model, (images, labels), epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
+    digits = config.dataset == DEFAULT_DATASET
+    augment = functools.partial(_cutout, size=config.cutout_size) if digits and config.augmentation == "cutout" else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    fitted = fit(model, data, epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
                  batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
                  weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
-                 device=device, validation=(val_images, val_labels), test=(test_images, test_labels), run_dir=run_dir,
+                 device=device, validation=validation, test=test, run_dir=run_dir,
                  checkpoint_extra={"config": config.to_dict()}, name=f"{config.model} seed {config.seed} "
-                 f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch)
+                 f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch,
+                 num_workers=0 if digits else loader_workers(device))
     return fitted.model
 
 
@@ -112,7 +130,7 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
     state = load_checkpoint(run_dir)
     seed_everything(config.seed)  # the same threads and kernels whether trained or loaded
     if state is not None and state["epoch"] >= config.epochs:
-        model = make_model(config)
+        model = make_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
         return model.to(config.torch_device()).eval()
     return train(config, run_dir, progress=progress)
@@ -133,7 +151,3 @@ def training_history(config: TrainConfig) -> list[dict]:
     return load_checkpoint(cache_dir() / config.digest())["history"]  # the verified copy
 
 
-
-def test_metadata(config: TrainConfig, background: str = "random") -> dict:
-    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
-    return _dataset(*_test_args(config, background)).metadata()

@@ -1,4 +1,5 @@
-"""The training engine ``ersm.fit``: any nn.Module, tensors or Datasets, resume, bad input.
+"""The training engine ``ersm.fit`` (any nn.Module, tensors or Datasets, resume, bad input) and the
+datasets a ``TrainConfig`` can name (CIFAR-10 and Oxford-IIIT Pet from tiny fixture files).
 
 ``ersm.train`` runs on the same loop; tests/test_train.py covers the config-driven cache on top.
 """
@@ -11,7 +12,14 @@ from torch.utils.data import TensorDataset
 from torchvision.models import resnet18
 
 import ersm
+import ersm.data.real
+import ersm.train
 from ersm import fit, train_step
+from ersm.checkpoint import load_checkpoint
+from ersm.cli import main
+from ersm.config import TrainConfig
+from ersm.data import load_split
+from ersm.paths import cache_dir
 from ersm.seeding import seed_everything
 
 
@@ -122,3 +130,139 @@ def test_bad_input_is_refused_by_name_before_any_work(change, words, monkeypatch
     arguments = dict(model=small(), data=coloured(8), epochs=1, beta=1.0) | change
     with pytest.raises(ValueError, match=words):
         fit(arguments.pop("model"), arguments.pop("data"), **arguments)
+
+
+# --- TrainConfig.dataset: real datasets from tiny fixture files in their on-disk formats -------------
+
+def write_cifar(root, per_batch: int = 4, test: int = 6, seed: int = 0) -> None:
+    """A learnable tiny CIFAR-10 (class = mean colour) in torchvision's format (tests/test_data.py's layout)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (10, 3))
+    for name, count in {**{f"data_batch_{k}": per_batch for k in range(1, 6)}, "test_batch": test}.items():
+        labels = rng.integers(0, 4, count)
+        noise = rng.integers(0, 256, (count, 3, 1024))
+        pixels = (0.6 * palette[labels][:, :, None] + 0.4 * noise).astype(np.uint8).reshape(count, 3072)
+        with open(folder / name, "wb") as file:
+            pickle.dump({"data": pixels, "labels": [int(k) for k in labels]}, file)
+    with open(folder / "batches.meta", "wb") as file:
+        pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, file)
+
+
+def write_pet(root, n_trainval: int = 6, n_test: int = 2) -> None:
+    """A tiny Oxford-IIIT Pet: JPEG photos, trimaps (1 pet, 2 background, 3 border), split lists."""
+    import numpy as np
+    from PIL import Image
+
+    folder = root / "oxford-iiit-pet"
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("trainval", n_trainval), ("test", n_test)):
+        lines = []
+        for k in range(count):
+            image_id, label = f"breed{k % 3}_{split}{k}", k % 3
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "images" / f"{image_id}.jpg")
+            trimap = np.full((40, 50), 2, np.uint8)
+            trimap[10:30, 15:35] = 1
+            Image.fromarray(trimap).save(folder / "annotations" / "trimaps" / f"{image_id}.png")
+            lines.append(f"{image_id} {label + 1} 1 1\n")
+        (folder / "annotations" / f"{split}.txt").write_text("".join(lines))
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """A temporary ERSM_HOME (runs/, cache) and ERSM_DATA (datasets)."""
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ERSM_DATA", str(tmp_path / "data"))
+    return tmp_path / "home", tmp_path / "data"
+
+
+CIFAR = TrainConfig(dataset="cifar10", model="paper", width=8, proj_dim=8, n_train=16, n_val=4, n_test=6, epochs=1,
+                    batch_size=8, device="cpu")
+
+
+def test_a_cifar10_config_trains_one_epoch_on_a_fixture_and_leaves_a_checkpoint(roots):
+    write_cifar(roots[1])
+    images, labels, masks = load_split(CIFAR, "test")
+    assert images.shape == (6, 3, 32, 32) and 0 <= images.min() <= images.max() <= 1 and masks.all()
+    model = ersm.train.get_model(CIFAR)
+    assert [name for name, _ in model.named_children()][:2] == ["normalize", "stem"]
+    assert model.stem[0].in_channels == 3 and model.head[-1].out_features == 10
+    run_dir = cache_dir() / CIFAR.digest()
+    state = load_checkpoint(run_dir)
+    assert state["epoch"] == 1 and state["config"]["dataset"] == "cifar10"
+    record = state["history"][0]
+    assert {"loss", "l_reg", "train_accuracy", "val_accuracy", "test_accuracy", "mean_mask"} <= set(record)
+    assert str(run_dir).startswith(str(roots[0]))
+
+
+def test_an_oxford_pet_config_trains_an_imagenet_stem_resnet(roots):
+    write_pet(roots[1])
+    config = TrainConfig(dataset="oxford_pet", backbone="resnet18_imagenet", model="paper", proj_dim=8, n_train=4,
+                         n_val=2, n_test=2, epochs=1, batch_size=4, device="cpu")
+    images, labels, masks = load_split(config, "test")
+    assert images.shape == (2, 3, 224, 224) and masks.shape == (2, 1, 224, 224) and masks.dtype == torch.bool
+    assert 0 < masks.float().mean() < 1  # the trimap's pet, centre-cropped like the image
+    model = ersm.train.get_model(config)
+    assert model.head[-1].out_features == 37 and isinstance(model.stem[-1], nn.MaxPool2d)
+    assert load_checkpoint(cache_dir() / config.digest())["epoch"] == 1
+
+
+def test_real_splits_are_disjoint_seeded_subsets(roots):
+    write_cifar(roots[1], per_batch=6)  # 30 training images
+    config = CIFAR.replace(n_train=20, n_val=10)
+    base = ersm.data.splits._real_base(config, "train", download=False)
+    train, val = (set(ersm.data.splits.split_indices(config, s, len(base)).tolist()) for s in ("train", "validation"))
+    assert len(train) == 20 and len(val) == 10 and not train & val
+    other = set(ersm.data.splits.split_indices(config.replace(data_seed=1), "validation", len(base)).tolist())
+    assert other != val
+    with pytest.raises(ValueError, match="n_train=30 and n_val=10 exceed the 30 images"):
+        ersm.train.train(config.replace(n_train=30))
+
+
+def test_per_item_augmentation_is_seeded_by_seed_epoch_and_index(roots):
+    write_cifar(roots[1])
+    data = ersm.data.training_set(CIFAR)
+    plain = load_split(CIFAR, "train")[0]
+    first = [data[k][0] for k in range(len(data))]
+    assert all(torch.equal(data[k][0], first[k]) for k in reversed(range(len(data))))  # order does not matter
+    assert sum(not torch.equal(a, b) for a, b in zip(first, plain)) >= len(data) // 2  # crops and flips happen
+    data.set_epoch(1)
+    assert any(not torch.equal(data[k][0], first[k]) for k in range(len(data)))
+    cut = ersm.data.training_set(CIFAR.replace(augmentation="cutout", cutout_size=8))
+    assert (cut[0][0] == 0).all(0).sum() >= 16  # a zeroed square on top of crop and flip
+
+
+def test_missing_dataset_files_are_named_before_any_training(roots, monkeypatch, capsys):
+    monkeypatch.setattr(ersm.data.real, "download_and_extract_archive", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(ersm.engine, "train_one_epoch", lambda *a: pytest.fail("trained without data"))
+    with pytest.raises(ersm.data.DatasetNotAvailable, match="cifar-10-batches-py"):
+        ersm.train.get_model(CIFAR)
+    assert main(["train", "--set", "dataset=cifar10", "--set", "epochs=1"]) == 2
+    assert str(roots[1]) in capsys.readouterr().err
+
+
+def test_pretrained_fails_offline_naming_the_weights_and_loads_them_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    real_load = torch.hub.load_state_dict_from_url
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda url, **kwargs: (_ for _ in ()).throw(OSError("network is unreachable")))
+    with pytest.raises(ersm.models.WeightsNotAvailable, match=r"ResNet18_Weights\.IMAGENET1K_V1.*resnet18-f37072fd\.pth"):
+        ersm.build_model("resnet18_imagenet", in_channels=3, num_classes=37, pretrained=True)
+    # put a (fake) weights file where the message says: it is read without any network
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", real_load)
+    fake = resnet18().state_dict()
+    fake["conv1.weight"] = torch.full_like(fake["conv1.weight"], 0.25)
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(fake, path)
+    model = ersm.build_model("resnet18_imagenet", in_channels=3, num_classes=37, pretrained=True, energy_mask={})
+    assert (model.stem[0].weight == 0.25).all() and model.head[-1].out_features == 37
+    with pytest.raises(ValueError, match="in_channels=1 does not fit pretrained=True"):
+        ersm.build_model("resnet18_imagenet", in_channels=1, pretrained=True)

@@ -241,6 +241,12 @@ def test_the_new_variants_train_through_the_engine(model):
     ({"augmentation": "mixup"}, "augmentation"),
     ({"backbone": "vit"}, "backbone"),
     ({"neighbourhood": 6}, "neighbourhood"),
+    ({"dataset": "mnist"}, "dataset='mnist'"),
+    ({"backbone": "resnet34"}, "backbone='resnet34'"),
+    ({"pretrained": True}, "pretrained=True needs one of the backbones"),
+    ({"pretrained": 1}, "pretrained"),
+    ({"backbone": "resnet18_imagenet", "pretrained": True}, "dataset='cluttered_digits' has 1"),  # 1 channel
+    ({"dataset": "cifar10", "background_label_correlation": 0.5}, "background_label_correlation=0.5 applies"),
 ])
 def test_bad_config_is_refused_naming_the_field(values, field):
     with pytest.raises(ValueError, match=field):
@@ -258,7 +264,7 @@ def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
     """A valid value different from the field's value in ``base``."""
     alternatives = {"backbone": ["resnet18"], "model": ["paper", "calibrated"], "insert_after": ["layer1"],
                     "neighbourhood": [4], "augmentation": ["cutout", "none"], "optimizer": ["sgd"],
-                    "background_label_correlation": [0.5]}
+                    "background_label_correlation": [0.5], "dataset": ["cifar10"], "pretrained": [True]}
     current = getattr(base, field.name)
     if field.name in alternatives:
         return next(value for value in alternatives[field.name] if value != current)
@@ -267,7 +273,8 @@ def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
 
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(TrainConfig) if f.name != "device"], ids=lambda f: f.name)
 def test_every_field_changes_the_cache_key_of_a_model_it_can_change(field):
-    base = TrainConfig(model="meanfield" if field.name == "iterations" else "paper", augmentation="cutout")
+    base = TrainConfig(model="meanfield" if field.name == "iterations" else "paper", augmentation="cutout",
+                       **({"backbone": "resnet18_imagenet", "dataset": "cifar10"} if field.name == "pretrained" else {}))
     assert base.replace(**{field.name: other_value(field, base)}).digest() != base.digest()
 
 
@@ -276,6 +283,19 @@ def test_energy_mask_fields_do_not_split_the_cache_of_dense_models(field):
     dense = TrainConfig(model="dense")
     changed = dense.replace(**{field: other_value(next(f for f in dataclasses.fields(TrainConfig) if f.name == field))})
     assert changed.digest() == dense.digest()
+
+
+def test_new_fields_at_their_defaults_keep_every_old_cache_key():
+    # configs written before `dataset` and `pretrained` existed must keep their hash (their cache entry)
+    assert {"dataset", "pretrained"}.isdisjoint(TrainConfig().weight_fields())
+    assert TrainConfig(dataset="cifar10").weight_fields()["dataset"] == "cifar10"
+
+
+def test_digit_fields_do_not_split_the_cache_of_real_datasets():
+    cifar = TrainConfig(dataset="cifar10")
+    assert cifar.replace(canvas=56, clutter=2).digest() == cifar.digest()
+    assert (cifar.in_channels, cifar.num_classes, cifar.image_size) == (3, 10, 32)
+    assert (TrainConfig(dataset="oxford_pet").num_classes, TrainConfig(canvas=56).image_size) == (37, 56)
 
 
 def test_cutout_size_matters_only_with_cutout():

@@ -78,6 +78,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ersm import distributed
 from ersm.checkpoint import load_checkpoint, save_checkpoint
 from ersm.inference import predict
 from ersm.layer import collect_terms, energy_masks
@@ -188,12 +189,13 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
                             stop_after_epoch=stop_after_epoch, num_workers=num_workers)
     device = plan.device
     model.to(device)
+    rank, size = distributed.world()
     steps_per_epoch = plan.steps_per_epoch
     optimizer = _optimizer(optimizer, model, lr, weight_decay)
     scheduler = _scheduler(scheduler, optimizer, epochs * steps_per_epoch)
     run_dir = None if run_dir is None else Path(run_dir)
     history: list[dict] = []
-    state = load_checkpoint(run_dir) if run_dir is not None else None
+    state = load_checkpoint(run_dir, discard=rank == 0) if run_dir is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -201,26 +203,33 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
             scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
         _restore_rng(state.get("rng"), device)
-    run = _Run(model=model, trained=model, optimizer=optimizer, scheduler=scheduler, data=data, augment=augment,
+    distributed.check_same({"resumed_epochs": len(history)}, what="checkpoint in run_dir")
+    trained = model
+    if size > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(model=model, trained=trained, optimizer=optimizer, scheduler=scheduler, data=data, augment=augment,
                seed=seed, batch_size=batch_size, device=device, amp=amp, beta=float(beta), name=name,
-               epochs=epochs, num_workers=num_workers, run_dir=run_dir,
-               show=sys.stderr.isatty() if progress is None else progress)
+               epochs=epochs, num_workers=num_workers, run_dir=run_dir, rank=rank, world_size=size,
+               show=(sys.stderr.isatty() if progress is None else progress) and rank == 0)
     for epoch in range(len(history), epochs):
         started = time.perf_counter()
-        sums = train_one_epoch(run, epoch)
-        record = {"epoch": epoch + 1, **sums}
-        if validation is not None:
-            record["val_accuracy"] = evaluate(model, validation)["accuracy"]
-        if test is not None:
-            scored = evaluate(model, test)
-            record["test_accuracy"] = scored.pop("accuracy")
-            record.update(scored)
-        record["seconds"] = round(time.perf_counter() - started, 2)
+        record = {"epoch": epoch + 1, **train_one_epoch(run, epoch)}
+        distributed.sync_buffers(model)  # every process holds rank 0's model
+        if rank == 0:
+            if validation is not None:
+                record["val_accuracy"] = evaluate(model, validation, num_workers)["accuracy"]
+            if test is not None:
+                scored = evaluate(model, test, num_workers)
+                record["test_accuracy"] = scored.pop("accuracy")
+                record.update(scored)
+            record["seconds"] = round(time.perf_counter() - started, 2)
+        record = distributed.broadcast(record)
         history.append(record)
-        if run_dir is not None:
+        if run_dir is not None and rank == 0:
             save_checkpoint(run_dir, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "scheduler": None if scheduler is None else scheduler.state_dict(),
-                                      "history": history, **(checkpoint_extra or {}), "rng": _rng_state(device)})
+                                      "history": history, **(checkpoint_extra or {}), "rng": _rng_state(device),
+                                      "world_size": size})
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -243,6 +252,8 @@ class _Run(NamedTuple):
     epochs: int
     num_workers: int
     run_dir: Path | None
+    rank: int
+    world_size: int
     show: bool
 
 
@@ -252,7 +263,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict:
     totals = {"loss": 0.0, "cross_entropy": 0.0, "l_reg": 0.0, "train_accuracy": 0.0}
     seen = 0
     batches = epoch_batches(run.data, epoch, seed=run.seed, batch_size=run.batch_size, augment=run.augment,
-                            num_workers=run.num_workers)
+                            num_workers=run.num_workers, rank=run.rank, world_size=run.world_size)
     bar = tqdm(batches, desc=f"{run.name} epoch {epoch + 1}/{run.epochs}", disable=not run.show, leave=False,
                file=sys.stderr)
     for step, (x, y) in enumerate(bar):
@@ -269,6 +280,9 @@ def train_one_epoch(run: _Run, epoch: int) -> dict:
         totals["l_reg"] += done.objective.regularizer.item() * n
         totals["train_accuracy"] += (done.logits.argmax(1) == y).sum().item()
         seen += n
+    if run.world_size > 1:  # the means over every process's items
+        *sums, seen = distributed.sum_over_ranks([*totals.values(), float(seen)])
+        totals = dict(zip(totals, sums))
     if seen == 0:
         raise ValueError(f"data gave no batch in epoch {epoch + 1}")
     return {key: value / seen for key, value in totals.items()}
@@ -290,17 +304,18 @@ def check_mask_offsets(run: _Run, epoch: int, step: int) -> None:
 
 
 def epoch_batches(data, epoch: int, *, seed: int, batch_size: int, augment: Callable | None = None,
-                  num_workers: int = 0) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """The epoch's ``(x [B, C, H, W], y [B])`` batches on the CPU, in the engine's order (module docstring)."""
+                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's ``(x [B, C, H, W], y [B])`` batches on the CPU, in the engine's order (module
+    docstring); with ``world_size > 1``, process ``rank``'s share of each (``ersm.distributed.shard``)."""
     if isinstance(data, (tuple, list)):
-        return _tensor_batches(data[0], data[1], epoch, seed, batch_size, augment)
+        return _tensor_batches(data[0], data[1], epoch, seed, batch_size, augment, rank, world_size)
     if isinstance(data, Dataset):
         generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
         order = torch.randperm(len(data), generator=generator)
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)
-        loader = DataLoader(data, batch_sampler=[batch.tolist() for batch in order.split(batch_size)],
-                            num_workers=num_workers)
+        shares = [distributed.shard(batch, rank, world_size).tolist() for batch in order.split(batch_size)]
+        loader = DataLoader(data, batch_sampler=shares, num_workers=num_workers)
         return ((items[0], items[1]) for items in loader)
     sampler = getattr(data, "sampler", None)
     if hasattr(sampler, "set_epoch"):
@@ -308,18 +323,21 @@ def epoch_batches(data, epoch: int, *, seed: int, batch_size: int, augment: Call
     return ((items[0], items[1]) for items in data)
 
 
-def _tensor_batches(images, labels, epoch, seed, batch_size, augment):
+def _tensor_batches(images, labels, epoch, seed, batch_size, augment, rank, world_size):
     generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
     order = torch.randperm(len(images), generator=generator)
     for index in order.split(batch_size):
         x, y = images[index], labels[index]
         if augment is not None:
-            x = augment(x, generator)
+            x = augment(x, generator)  # on the whole batch: every process draws the same
+        if world_size > 1:
+            share = distributed.shard(torch.arange(len(index)), rank, world_size)
+            x, y = x[share], y[share]
         yield x, y
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data) -> dict:
+def evaluate(model: nn.Module, data, num_workers: int = 0) -> dict:
     """``accuracy`` of ``model`` on ``(images, labels[, masks])`` or a Dataset of ``(image, label, ...)``
     and, for a model with an Energy-Mask Layer, ``mean_mask`` and ``share_mask_below_<t>`` of its
     first layer's masks ``[N, 1, h, w]``. Runs in evaluation mode on the model's device."""
@@ -328,7 +346,7 @@ def evaluate(model: nn.Module, data) -> dict:
         logits, mask, labels = out.logits, out.mask, data[1]
     else:
         parts = [(predict(model, items[0], batch_size=EVAL_BATCH), items[1])
-                 for items in DataLoader(data, batch_size=EVAL_BATCH)]
+                 for items in DataLoader(data, batch_size=EVAL_BATCH, num_workers=num_workers)]
         logits = torch.cat([out.logits for out, _ in parts])
         labels = torch.cat([torch.as_tensor(y) for _, y in parts])
         mask = None if parts[0][0].mask is None else torch.cat([out.mask for out, _ in parts])

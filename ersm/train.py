@@ -1,7 +1,10 @@
 """Training with a model cache: ``get_model(config)`` returns the trained model, training it once.
 
 The training loop itself is the engine's, :func:`ersm.engine.fit`; this module turns a
-:class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache.
+:class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache. The data
+comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``validation_data``,
+``test_data`` and ``test_metadata`` here are thin re-exports for older callers. Started by
+``torchrun`` (``ersm.distributed``), every worker runs the same call and rank 0 alone writes.
 
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
   ``metrics.jsonl`` (one JSON line per epoch) and a verified checkpoint (``ersm.checkpoint``).
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from ersm.augment import cutout
+from ersm import distributed
 from ersm.checkpoint import load_checkpoint
 from ersm.config import DEFAULT_DATASET, TrainConfig
 from ersm.data import evaluation_set, load_split, split_metadata, training_set
@@ -100,16 +104,18 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config={config!r} must be a TrainConfig")
+    distributed.check_same(config.to_dict())  # under torchrun: every worker, the same config
     run_dir = run_dir or cache_dir() / config.digest()
     seed_everything(config.seed)
-    device = config.torch_device()
-    data = training_set(config)
-    validation, test = evaluation_set(config, "validation"), evaluation_set(config, "test")
+    device = distributed.local_device(config.torch_device())
+    data, validation, test = distributed.main_first(  # rank 0 downloads, the others wait
+        lambda: (training_set(config), evaluation_set(config, "validation"), evaluation_set(config, "test")))
     model = make_model(config).to(device)
     digits = config.dataset == DEFAULT_DATASET
     augment = functools.partial(_cutout, size=config.cutout_size) if digits and config.augmentation == "cutout" else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
     fitted = fit(model, data, epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
                  batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
                  weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
@@ -125,14 +131,19 @@ def _cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torc
 
 
 def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
-    """The trained model of ``config`` from the cache, training (or resuming) it only if needed."""
+    """The trained model of ``config`` from the cache, training (or resuming) it only if needed.
+
+    Under ``torchrun`` (a process group is up) every worker calls it and trains one model with
+    DDP (``ersm.distributed``); only rank 0 writes to the cache.
+    """
+    distributed.check_same(config.to_dict())
     run_dir = cache_dir() / config.digest()
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, discard=distributed.is_main())
     seed_everything(config.seed)  # the same threads and kernels whether trained or loaded
     if state is not None and state["epoch"] >= config.epochs:
         model = make_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
-        return model.to(config.torch_device()).eval()
+        return model.to(distributed.local_device(config.torch_device())).eval()
     return train(config, run_dir, progress=progress)
 
 

@@ -41,6 +41,12 @@ went by), ``val_accuracy`` (with ``validation``), ``test_accuracy`` and, for a m
 Energy-Mask Layer, ``mean_mask`` and ``share_mask_below_<t>`` for ``t`` in
 :data:`MASK_THRESHOLDS` (with ``test``; the model's first layer), and ``seconds``.
 
+Several processes: inside a ``torch.distributed`` process group of more than one process
+(``torchrun``; ``ersm.distributed``) the model is wrapped in ``DistributedDataParallel``, each
+process takes its share of every global batch, the epoch's loss terms are summed over all
+processes, rank 0 alone scores ``validation`` and ``test`` (the record is sent to the others)
+and writes ``run_dir``; every process returns the same model.
+
 Numerics: on CUDA the forward pass runs under bfloat16 autocast (``amp=True``) and the loss in
 float32; on the CPU everything is float32. The model's memory format is left as it is
 (``ersm.train`` builds its models ``channels_last``).

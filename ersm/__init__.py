@@ -10,9 +10,10 @@ _numerics.apply()
 from ersm.layer import EnergyMask, EnergyTerms, TermsCollector, collect_terms, energy_masks  # noqa: E402
 from ersm.loss import ersm_objective, regularization_loss  # noqa: E402
 from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at  # noqa: E402
+from ersm.engine import Fitted, fit, train_step  # noqa: E402
 
 __all__ = [
     "EnergyMask", "EnergyTerms", "TermsCollector", "collect_terms", "energy_masks", "ersm_objective", "regularization_loss",
-    "SmallCNN", "build_model", "insert_energy_mask", "resnet18_cifar", "split_at",
+    "SmallCNN", "build_model", "insert_energy_mask", "resnet18_cifar", "split_at", "Fitted", "fit", "train_step",
 ]
 __version__ = "0.1.0"

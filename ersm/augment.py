@@ -1,7 +1,13 @@
-"""Training-time augmentation: Cutout (DeVries and Taylor, 2017), the standard occlusion baseline."""
+"""Training-time augmentation: Cutout (DeVries and Taylor, 2017), the standard occlusion baseline.
+
+``cutout`` works on a batch with an explicit generator (the engine's per-epoch one, for tensor
+data); :class:`Cutout` is the same operation as a per-image torchvision-style transform drawing from
+torch's global generator (which ``ersm.data.SeededTransform`` seeds per item).
+"""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -18,3 +24,19 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     top, left = cy - size // 2, cx - size // 2
     hidden = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
     return images.masked_fill(hidden.unsqueeze(1).to(images.device), 0.0)
+
+
+class Cutout(nn.Module):
+    """``image [C, H, W] -> image`` with one ``size x size`` square zeroed (:func:`cutout`, global generator)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size={size!r} must be an integer >= 1")
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return cutout(image.unsqueeze(0), self.size, None)[0]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"

@@ -6,7 +6,7 @@ alternating), after a warm-up, and reduced by the median; a machine that is busy
 work slows both sides alike, so the ratios stay meaningful where absolute times do not.
 
 Printed:
-1. train-step time (forward + ``ersm_objective`` + backward + AdamW step) and parameter count of
+1. train-step time (``ersm.engine.train_step``: forward + objective + backward + AdamW step) and parameter count of
    the ERSM twin (every variant in ``ersm.layer.VARIANTS``: "paper", "calibrated", "meanfield"
    with its default 3 iterations, "hardconcrete" with its training-mode noise) over the dense
    backbone, for SmallCNN (48x48, batch 64, 1 channel) and ResNet-18 with the CIFAR stem (32x32,
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ersm.data import ClutteredDigits
 from ersm.layer import VARIANTS
-from ersm.loss import ersm_objective
+from ersm.engine import train_step
 from ersm.models import build_model, count_parameters
 from ersm.seeding import default_device, seed_everything
 
@@ -63,8 +63,9 @@ def synchronize(device: torch.device) -> None:
 class Trainer:
     """One model with its AdamW optimizer and a fixed batch: ``step()`` is one training step.
 
-    Mirrors ``ersm.train``: a ``channels_last`` model, bfloat16 autocast on CUDA, the loss in
-    float32, ``beta = 1`` for ERSM models and 0 for the dense one.
+    The step is the engine's own (``ersm.engine.train_step``: bfloat16 autocast on CUDA, the
+    loss in float32, the finiteness check); the model is ``channels_last`` as ``ersm.train``
+    builds it; ``beta = 1`` for ERSM models and 0 for the dense one.
     """
 
     def __init__(self, backbone: str, channels: int, side: int, batch: int, variant: str | None,
@@ -82,12 +83,7 @@ class Trainer:
         self.device = device
 
     def step(self) -> None:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(self.x)
-        objective = ersm_objective(logits, self.y, self.model, self.beta)
-        self.optimizer.zero_grad(set_to_none=True)
-        objective.total.backward()
-        self.optimizer.step()
+        train_step(self.model, self.x, self.y, self.optimizer, beta=self.beta)
 
 
 def interleaved_medians(contenders: dict[str, Callable[[], None]], repeats: int, steps: int,
@@ -111,7 +107,7 @@ def interleaved_medians(contenders: dict[str, Callable[[], None]], repeats: int,
 
 def overhead(repeats: int, device: torch.device) -> float:
     """Section 1; returns the dense SmallCNN's training throughput (items/s) for section 2."""
-    print("\n== 1. ERSM overhead over the dense backbone (train step = forward + ersm_objective + backward + AdamW)")
+    print("\n== 1. ERSM overhead over the dense backbone (train step = ersm.engine.train_step: forward + objective + backward + AdamW)")
     print(f"   targets: step-time ratio <= {STEP_RATIO_TARGET:.2f}, parameter ratio <= {PARAM_RATIO_TARGET:.2f}; "
           f"median of {repeats} interleaved repeats after warm-up")
     small_cnn_throughput = float("nan")

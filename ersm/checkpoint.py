@@ -28,8 +28,9 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_write_text(run_dir / MANIFEST, json.dumps(manifest))
 
 
-def load_checkpoint(run_dir: Path) -> dict | None:
-    """The verified checkpoint state, or ``None`` if there is none; a corrupt one warns and is removed."""
+def load_checkpoint(run_dir: Path, discard: bool = True) -> dict | None:
+    """The verified checkpoint state, or ``None`` if there is none; a corrupt one warns and is
+    removed (left in place with ``discard=False``: the non-zero ranks of a DDP run, which never write)."""
     payload, manifest = run_dir / PAYLOAD, run_dir / MANIFEST
     if not payload.exists() and not manifest.exists():
         return None
@@ -41,6 +42,7 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as error:  # any unreadable checkpoint is treated the same: discard and retrain
         warnings.warn(f"corrupt checkpoint in {run_dir} ({error}); discarding it and training again", stacklevel=2)
-        payload.unlink(missing_ok=True)
-        manifest.unlink(missing_ok=True)
+        if discard:
+            payload.unlink(missing_ok=True)
+            manifest.unlink(missing_ok=True)
         return None

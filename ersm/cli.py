@@ -12,7 +12,8 @@ from ersm.config import from_dict, parse_assignment
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ersm", description="Energy-Regularized Spatial Masking: train, reproduce, benchmark")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train one config (cached under runs/cache/<hash>/)")
+    train = commands.add_parser("train", help="train one config (cached under runs/cache/<hash>/); "
+                                              "under torchrun --nproc_per_node N: one model on N processes (DDP)")
     train.add_argument("--config", type=Path, help="a JSON file of TrainConfig fields")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
     reproduce = commands.add_parser("reproduce", help="execute the notebooks through papermill for a profile")
@@ -30,6 +31,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_command(config) -> int:
+    """``ersm train``: one process, or one of torchrun's workers (``ersm.distributed``); rank 0 prints."""
+    import torch.distributed as dist
+
+    from ersm import distributed
+    from ersm.data import DatasetNotAvailable
+    from ersm.models import WeightsNotAvailable
+    from ersm.train import get_model, training_history
+
+    joined = distributed.init_from_env(config.torch_device())
+    try:
+        get_model(config)
+        final = training_history(config)[-1]  # every worker: the calls hold collectives
+        if distributed.is_main():
+            print(json.dumps({"config": config.digest(), "final": final, "world_size": distributed.world()[1]}, indent=1))
+    except (DatasetNotAvailable, WeightsNotAvailable) as error:  # offline: say what to download where
+        print(f"ersm train: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if joined:
+            dist.destroy_process_group()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -39,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--config {args.config} must hold a JSON object of TrainConfig fields, not {type(values).__name__}")
             values.update(dict(parse_assignment(item) for item in args.set))
             config = from_dict(values)
-            from ersm.train import get_model, training_history
-
-            get_model(config)
-            print(json.dumps({"config": config.digest(), "final": training_history(config)[-1]}, indent=1))
+            return train_command(config)
         elif args.command == "reproduce":
             from ersm.reproduce import reproduce
 

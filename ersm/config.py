@@ -9,8 +9,20 @@ and on the CPU the kernel mode (``ersm/numerics.py``), so a GPU-trained model is
 the CPU, nor a natively trained one in portable mode. Fields that cannot change a model are left
 out of it, so that equal models share one entry: the Energy-Mask fields of a dense model,
 ``cutout_size`` without Cutout, ``width`` of a ResNet, ``iterations`` of any variant but
-meanfield, and ``device`` itself (only what it
-resolves to counts).
+meanfield, the cluttered-digits fields (``canvas``, ``clutter``,
+``background_label_correlation``) of a real dataset, and ``device`` itself (only what it
+resolves to counts). ``dataset`` and ``pretrained`` are left out at their defaults
+(``"cluttered_digits"``, ``False``), so every config written before they existed keeps its hash
+and its cache entry; any other value enters the hash.
+
+The dataset decides the input channels, the classes and the image size (:data:`DATASETS`):
+
+- ``"cluttered_digits"``: the offline benchmark (1 channel, 10 classes, ``canvas`` px), no
+  normalisation and no augmentation beyond ``augmentation``;
+- ``"cifar10"``: 3 channels, 10 classes, 32 px; normalised by its per-channel mean and std,
+  random crop (padding 4) and horizontal flip in training;
+- ``"oxford_pet"``: 3 channels, 37 breeds, 224 px; ImageNet mean and std, random resized crop
+  and flip in training, a centre crop in evaluation (``ersm.data.splits``).
 """
 from __future__ import annotations
 
@@ -19,6 +31,7 @@ import hashlib
 import json
 import typing
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -26,17 +39,45 @@ from ersm import numerics
 from ersm.seeding import DEVICES, resolve_device
 
 MODELS = ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
+BACKBONES = ("small_cnn", "resnet18", "resnet18_imagenet", "resnet50_imagenet")
+PRETRAINABLE = ("resnet18_imagenet", "resnet50_imagenet")  # torchvision has ImageNet weights for these
 AUGMENTATIONS = ("none", "cutout")
 OPTIMIZERS = ("adamw", "sgd")
 CACHE_VERSION = 4  # bump when training code changes what a config produces (2: channels_last; 3: kernel mode;
                    # 4: the validation split took 15% of the training digits, val_accuracy recorded per epoch)
 ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta", "iterations")
+DIGITS_ONLY_FIELDS = ("canvas", "clutter", "background_label_correlation")
+DEFAULT_DATASET = "cluttered_digits"
+
+
+class DatasetSpec(NamedTuple):
+    """What a dataset fixes about the model: input channels, classes, image side (``None``: the
+    config's ``canvas``), the per-channel normalisation (``None``: none) and whether its items
+    carry object masks."""
+
+    channels: int
+    classes: int
+    image_size: int | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    has_object_masks: bool
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATASETS = {
+    "cluttered_digits": DatasetSpec(1, 10, None, None, None, True),
+    # the training set's per-channel statistics, as used by DeVries and Taylor (2017) and most CIFAR code
+    "cifar10": DatasetSpec(3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), False),
+    "oxford_pet": DatasetSpec(3, 37, 224, IMAGENET_MEAN, IMAGENET_STD, True),
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model: a dense backbone or its ERSM twin ---
-    backbone: str = "small_cnn"     # "small_cnn" (1-channel digits) or "resnet18" (CIFAR stem)
+    backbone: str = "small_cnn"     # "small_cnn", "resnet18" (CIFAR stem), or torchvision's "resnet18_imagenet" /
+                                    # "resnet50_imagenet" (ImageNet stem, e.g. for oxford_pet)
+    pretrained: bool = False        # ImageNet weights (the *_imagenet backbones only; downloaded by torchvision)
     width: int = 32                 # SmallCNN stem channels (the ci smoke profile uses 16)
     model: str = "dense"            # "dense", "paper" (ERSM as written), or the variants "calibrated" (mask in (0, 1)),
                                     # "meanfield" (pairwise term shapes the mask), "hardconcrete" (gates with exact zeros)
@@ -47,11 +88,13 @@ class TrainConfig:
     neighbourhood: int = 8
     iterations: int = 3             # mean-field updates T (meanfield only)
     beta: float = 1.0               # weight of L_reg in the loss (ignored by dense models)
-    # --- data: the embedded cluttered-digits benchmark ---
+    # --- data ---
+    dataset: str = "cluttered_digits"  # "cluttered_digits" (offline), "cifar10" or "oxford_pet" (downloaded)
+    # the embedded cluttered-digits benchmark (ignored by the real datasets):
     canvas: int = 48
-    n_train: int = 3000
-    n_test: int = 1000
-    n_val: int = 500                # validation images (held-out training digits) scored after every epoch
+    n_train: int = 3000             # training images (real datasets: a seeded subset of the training split)
+    n_test: int = 1000              # test images (real datasets: the whole test split when equal to its size)
+    n_val: int = 500                # validation images (held-out training items) scored after every epoch
     clutter: int = 4                # up to this many distractor fragments per image
     background_label_correlation: float = 0.0  # rho of the spurious split (training set only)
     data_seed: int = 0
@@ -69,8 +112,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_types(self)
         choices = {"model": MODELS, "augmentation": AUGMENTATIONS, "optimizer": OPTIMIZERS,
-                   "backbone": ("small_cnn", "resnet18"), "neighbourhood": (4, 8),
-                   "device": DEVICES}
+                   "backbone": BACKBONES, "neighbourhood": (4, 8), "device": DEVICES, "dataset": tuple(DATASETS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
@@ -87,10 +129,37 @@ class TrainConfig:
             raise ValueError(f"insert_after={self.insert_after!r} must be one of layer1..layer4")
         if not 0.0 <= self.background_label_correlation <= 1.0:
             raise ValueError(f"background_label_correlation={self.background_label_correlation!r} must lie in [0, 1]")
+        if self.dataset != DEFAULT_DATASET and self.background_label_correlation != 0.0:
+            raise ValueError(f"background_label_correlation={self.background_label_correlation!r} applies to "
+                             f"dataset='cluttered_digits' only, not dataset={self.dataset!r}")
+        if self.pretrained and self.backbone not in PRETRAINABLE:
+            raise ValueError(f"pretrained=True needs one of the backbones {PRETRAINABLE}; backbone={self.backbone!r} "
+                             "has no pretrained weights")
+        if self.pretrained and self.in_channels != 3:
+            raise ValueError(f"pretrained=True: the ImageNet weights take 3 input channels, but dataset={self.dataset!r} "
+                             f"has {self.in_channels}")
 
     @property
     def is_ersm(self) -> bool:
         return self.model != "dense"
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's channels, classes, image size and normalisation."""
+        return DATASETS[self.dataset]
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.classes
+
+    @property
+    def image_size(self) -> int:
+        """The side of the (square) training and evaluation images in px."""
+        return self.canvas if self.spec.image_size is None else self.spec.image_size
 
     def energy_mask_kwargs(self) -> dict | None:
         """EnergyMask arguments for an ERSM model, ``None`` for a dense one."""
@@ -108,7 +177,9 @@ class TrainConfig:
         unused = (("device",) + (ERSM_ONLY_FIELDS if not self.is_ersm else ())
                   + (("cutout_size",) if self.augmentation != "cutout" else ())
                   + (("width",) if self.backbone != "small_cnn" else ())
-                  + (("iterations",) if self.model != "meanfield" else ()))
+                  + (("iterations",) if self.model != "meanfield" else ())
+                  + (("dataset",) if self.dataset == DEFAULT_DATASET else DIGITS_ONLY_FIELDS)
+                  + (("pretrained",) if not self.pretrained else ()))
         return {name: value for name, value in fields.items() if name not in unused}
 
     def torch_device(self):

@@ -1,7 +1,8 @@
 """A fingerprint of the CPU numerics training depends on: ``python -m ersm fingerprint``.
 
 Renders 128 images of the cluttered-digits benchmark (numpy, OpenBLAS, scikit-image and torch's
-resampling), trains a tiny SmallCNN with an Energy-Mask Layer on them for 30 AdamW steps, and
+resampling), trains a tiny SmallCNN with an Energy-Mask Layer on them for 30 AdamW steps (``ersm.engine.train_step``,
+the step every training run takes), and
 hashes the images and the weights. Two machines that print the same hash run the same floating-point
 kernels for everything the notebooks train; a different hash means every committed number
 may differ. ``REFERENCE`` holds the hash of portable mode (ersm/numerics.py) per torch
@@ -15,7 +16,7 @@ import torch
 
 from ersm import numerics
 from ersm.data import ClutteredDigits
-from ersm.loss import ersm_objective
+from ersm.engine import train_step
 from ersm.models import build_model
 from ersm.seeding import seed_everything
 
@@ -33,10 +34,7 @@ def weights_hash(steps: int = 30) -> str:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     for _ in range(steps):
         index = torch.randint(0, len(images), (32,), generator=generator)
-        objective = ersm_objective(model(images[index]), labels[index], model, beta=1.0)
-        optimizer.zero_grad()
-        objective.total.backward()
-        optimizer.step()
+        train_step(model, images[index], labels[index], optimizer, beta=1.0)  # the engine's own step
     data = images.numpy().tobytes() + b"".join(p.detach().contiguous().numpy().tobytes() for p in model.parameters())
     return hashlib.sha256(data).hexdigest()[:16]
 

@@ -1,6 +1,6 @@
 """Backbones and where the Energy-Mask Layer goes.
 
-Both backbones are ``nn.Sequential`` with named stages ``stem, layer1, ..., head`` so that
+Every backbone is an ``nn.Sequential`` with named stages ``stem, layer1, ..., head`` so that
 ``insert_energy_mask(model, after="layer2")`` and ``split_at(model, "layer2")`` work by name.
 A dense model and its ERSM twin differ only by the inserted layer: same stages, same
 initialisation for the same seed (the layer's parameters are created after the backbone's).
@@ -9,13 +9,25 @@ initialisation for the same seed (the layer's parameters are created after the b
   ``layer2`` ends at 1/4 resolution (a 12x12 token grid on a 48x48 canvas).
 - ``resnet18_cifar``: torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
   max-pool), as in DeVries and Taylor (2017); ``layer2`` ends at 1/2 resolution.
+- ``resnet_imagenet("resnet18" | "resnet50")``: torchvision's ResNets with their ImageNet stem
+  (7x7 conv, stride 2, max-pool), e.g. for Oxford-IIIT Pet at 224 px; ``layer2`` ends at 1/8
+  resolution (28x28 tokens at 224 px). Random weights unless ``pretrained=True`` (torchvision's
+  ImageNet weights; the classifier is then replaced to fit ``num_classes``).
+
+``build_model(..., normalize=(mean, std))`` puts a :class:`Normalize` stage named ``normalize``
+in front of the stem. Normalisation is part of the model (not of the data) on purpose: every
+image tensor the package hands around (occlusion fills, deletion curves, plots) stays in
+``[0, 1]``.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
+import torchvision
 from torchvision.models import resnet18
 
 from ersm.layer import EnergyMask, energy_masks
@@ -53,6 +65,78 @@ def resnet18_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False), net.bn1, net.relu)
     return nn.Sequential(OrderedDict(
         stem=stem, layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
+        head=nn.Sequential(net.avgpool, nn.Flatten(), net.fc),
+    ))
+
+
+class Normalize(nn.Module):
+    """``x [B, C, H, W] -> (x - mean) / std`` per channel; ``mean`` and ``std`` are buffers (not saved)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError(f"mean={mean!r} and std={std!r} must have one entry per channel, std > 0")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"x has shape {tuple(x.shape)}; Normalize expects [B, {self.mean.shape[1]}, H, W]")
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={tuple(round(v, 4) for v in self.mean.flatten().tolist())}, " \
+               f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"
+
+
+class WeightsNotAvailable(RuntimeError):
+    """Pretrained weights are neither in torch's hub cache nor downloadable (offline)."""
+
+
+IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V2"}
+
+
+def imagenet_state_dict(depth: str) -> dict:
+    """torchvision's ImageNet weights of ``resnet18`` / ``resnet50`` from torch's hub cache, else downloaded.
+
+    Raises :class:`WeightsNotAvailable` naming the weights, their URL and the file to put in
+    place when they can be neither read nor downloaded.
+    """
+    enum_name, member = IMAGENET_WEIGHTS[depth].split(".")
+    weights = getattr(getattr(torchvision.models, enum_name), member)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
+    except Exception as error:  # noqa: BLE001 - offline, proxy, checksum: all mean "not available"
+        raise WeightsNotAvailable(
+            f"pretrained=True needs torchvision's {IMAGENET_WEIGHTS[depth]} weights, which are not in {path.parent} "
+            f"and could not be downloaded ({type(error).__name__}: {error}). Download {weights.url} on a machine with "
+            f"internet access and put it at {path} (or set TORCH_HOME), or use pretrained=False") from error
+
+
+def resnet_imagenet(depth: str = "resnet18", in_channels: int = 3, num_classes: int = 1000,
+                    pretrained: bool = False) -> nn.Sequential:
+    """torchvision's ResNet-18/50 with the ImageNet stem, as named stages ``stem, layer1..4, head``.
+
+    ``x [B, in_channels, H, W] -> logits [B, num_classes]``; with ``pretrained`` (3 input
+    channels only) every weight but the classifier's comes from ImageNet.
+    """
+    if depth not in IMAGENET_WEIGHTS:
+        raise ValueError(f"depth={depth!r} must be one of {sorted(IMAGENET_WEIGHTS)}")
+    if pretrained and in_channels != 3:
+        raise ValueError(f"in_channels={in_channels!r} does not fit pretrained=True: the ImageNet weights take 3 channels")
+    net = getattr(torchvision.models, depth)(num_classes=num_classes)
+    if pretrained:
+        state = {k: v for k, v in imagenet_state_dict(depth).items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if sorted(missing) != ["fc.bias", "fc.weight"] or unexpected:
+            raise WeightsNotAvailable(f"the {IMAGENET_WEIGHTS[depth]} file does not fit torchvision's {depth} "
+                                      f"(missing {missing}, unexpected {unexpected})")
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+        layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
         head=nn.Sequential(net.avgpool, nn.Flatten(), net.fc),
     ))
 
@@ -97,21 +181,37 @@ def split_at(model: nn.Sequential, stage: str) -> tuple[nn.Sequential, nn.Sequen
     return nn.Sequential(OrderedDict(children[:cut])), nn.Sequential(OrderedDict(children[cut:]))
 
 
-BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet18_cifar}
+BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet18_cifar,
+             "resnet18_imagenet": functools.partial(resnet_imagenet, "resnet18"),
+             "resnet50_imagenet": functools.partial(resnet_imagenet, "resnet50")}
 
 
 def build_model(backbone: str = "small_cnn", in_channels: int = 1, num_classes: int = 10,
-                energy_mask: dict | None = None, after: str = "layer2", width: int | None = None) -> nn.Module:
+                energy_mask: dict | None = None, after: str = "layer2", width: int | None = None,
+                pretrained: bool = False, normalize: tuple | None = None) -> nn.Module:
     """A dense backbone, or (``energy_mask`` = EnergyMask kwargs) its ERSM twin.
 
-    ``width`` sets the SmallCNN's stem channels (32 if ``None``); the ResNet's are fixed.
+    ``x [B, in_channels, H, W] in [0, 1] -> logits [B, num_classes]``. ``width`` sets the
+    SmallCNN's stem channels (32 if ``None``); the ResNets' are fixed. ``pretrained`` loads
+    ImageNet weights into a ``*_imagenet`` backbone (before the EnergyMask is created, so the
+    layer's initialisation is the same either way). ``normalize=(mean, std)`` prepends a
+    :class:`Normalize` stage.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone={backbone!r} must be one of {sorted(BACKBONES)}")
     if width is not None and backbone != "small_cnn":
         raise ValueError(f"width={width!r} applies to backbone='small_cnn' only, not backbone={backbone!r}")
+    if pretrained and not backbone.endswith("_imagenet"):
+        raise ValueError(f"pretrained=True needs an ImageNet backbone, not backbone={backbone!r}")
+    if normalize is not None and (len(normalize) != 2 or len(normalize[0]) != in_channels):
+        raise ValueError(f"normalize={normalize!r} must be (mean, std) with one entry per channel "
+                         f"(in_channels={in_channels})")
     extra = {} if width is None else {"width": width}
+    if pretrained:
+        extra["pretrained"] = True
     model = BACKBONES[backbone](in_channels=in_channels, num_classes=num_classes, **extra)
+    if normalize is not None:
+        model = nn.Sequential(OrderedDict([("normalize", Normalize(*normalize)), *model.named_children()]))
     if energy_mask is not None:
         insert_energy_mask(model, after=after, **energy_mask)
     return model

@@ -1,18 +1,56 @@
-"""Where runs, results and figures live, independent of the caller's working directory.
+"""Where runs, results, figures and data live, independent of the caller's working directory.
 
-Notebooks run with their own folder as working directory (nbval, papermill), so every path is
-resolved from the repository root: ``ERSM_HOME`` if set, else the folder holding ``ersm/``.
+One root holds ``runs/`` (the model cache and executed notebooks), ``results/``, ``figures/`` and
+``data/``. :func:`repo_root` picks it, first match wins:
+
+1. ``ERSM_HOME``, when set;
+2. the source checkout the package is imported from (an editable install, or Python started
+   in the repository): the folder above ``ersm/`` when it holds the ``pyproject.toml`` of the
+   ``ersm`` project. Notebooks run with ``notebooks/`` as their working directory (nbval,
+   papermill), so they and the command line share one ``runs/``, and ``results/`` and
+   ``figures/`` land in the repository;
+3. otherwise the package was installed (site-packages, never written to): the ``ersm``
+   checkout that contains the current working directory, if any (a clone installed with
+   ``pip install .`` whose notebooks run from ``notebooks/``), else the current working
+   directory itself.
+
+``ERSM_DATA`` moves only the datasets (:func:`data_dir`).
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent  # .../ersm
+
+
+def is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is a source checkout of this project: ``ersm/__init__.py`` beside a
+    ``pyproject.toml`` whose ``[project]`` is named ``ersm``."""
+    try:
+        text = (folder / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    return (folder / "ersm" / "__init__.py").is_file() and re.search(r'^name\s*=\s*"ersm"\s*$', text, re.M) is not None
 
 
 def repo_root() -> Path:
+    """The root of ``runs/``, ``results/``, ``figures/`` and ``data/`` (module docstring)."""
     if os.environ.get("ERSM_HOME"):
         return Path(os.environ["ERSM_HOME"]).resolve()
-    return Path(__file__).resolve().parent.parent
+    source = PACKAGE_DIR.parent
+    if is_checkout(source):
+        return source
+    here = Path.cwd().resolve()
+    return next((folder for folder in (here, *here.parents) if is_checkout(folder)), here)
+
+
+def data_dir() -> Path:
+    """Where the real datasets live (or are downloaded to): ``ERSM_DATA`` if set, else ``data/`` under the root."""
+    if os.environ.get("ERSM_DATA"):
+        return Path(os.environ["ERSM_DATA"]).resolve()
+    return repo_root() / "data"
 
 
 def runs_dir() -> Path:

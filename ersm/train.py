@@ -1,5 +1,11 @@
 """Training with a model cache: ``get_model(config)`` returns the trained model, training it once.
 
+The training loop itself is the engine's, :func:`ersm.engine.fit`; this module turns a
+:class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache. The data
+comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``validation_data``,
+``test_data`` and ``test_metadata`` here are thin re-exports for older callers. Started by
+``torchrun`` (``ersm.distributed``), every worker runs the same call and rank 0 alone writes.
+
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
   ``metrics.jsonl`` (one JSON line per epoch) and a verified checkpoint (``ersm.checkpoint``).
 - A run stopped mid-way resumes from its last finished epoch and ends with the same weights as
@@ -18,192 +24,126 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import sys
-import time
+import os
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ersm.augment import cutout
-from ersm.checkpoint import load_checkpoint, save_checkpoint
-from ersm.config import TrainConfig
-from ersm.data import ClutteredDigits
-from ersm.inference import predict
-from ersm.layer import energy_masks
-from ersm.loss import ersm_objective
+from ersm import distributed
+from ersm.checkpoint import load_checkpoint
+from ersm.config import DEFAULT_DATASET, TrainConfig
+from ersm.data import evaluation_set, load_split, split_metadata, training_set
+from ersm.engine import fit
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
-from ersm.seeding import derived_seed, seed_everything
-
-MASK_THRESHOLDS = (0.05, 0.1, 0.25)
-
-
-def _dataset(split: str, n: int, canvas: int, clutter: int, rho: float, seed: int, background: str) -> ClutteredDigits:
-    return ClutteredDigits(split, n, canvas=canvas, seed=seed, clutter=(0, clutter), background=background,
-                           background_label_correlation=rho)
-
-
-@functools.lru_cache(maxsize=8)
-def _digits(*args):
-    return _dataset(*args).tensors()
-
-
-def _test_args(config: TrainConfig, background: str) -> tuple:
-    """The test split's dataset arguments: no spurious correlation, its own seed."""
-    return ("test", config.n_test, config.canvas, config.clutter, 0.0, config.data_seed + 1, background)
+from ersm.seeding import seed_everything
 
 
 def training_data(config: TrainConfig):
-    """``(images [N,1,H,W], labels [N], masks [N,1,H,W])`` of the config's training split."""
-    return _digits("train", config.n_train, config.canvas, config.clutter,
-                   config.background_label_correlation, config.data_seed, "random")
+    """``(images [N, C, H, W], labels [N], masks [N, 1, H, W])`` of the config's training split
+    (un-augmented; ``ersm.data.load_split``, kept here for older callers)."""
+    return load_split(config, "train")
 
 
 def validation_data(config: TrainConfig):
-    """The config's validation split: held-out training digits, drawn like the training set
-    (the same spurious correlation ``rho``), so it measures in-distribution generalisation.
-    Tuning and convergence decisions read this split only."""
-    return _digits("validation", config.n_val, config.canvas, config.clutter,
-                   config.background_label_correlation, config.data_seed + 2, "random")
+    """The config's validation split: held-out training items, drawn like the training set (for
+    the digits, the same spurious correlation ``rho``), so it measures in-distribution
+    generalisation. Tuning and convergence decisions read this split only (``ersm.data.load_split``)."""
+    return load_split(config, "validation")
 
 
 def test_data(config: TrainConfig, background: str = "random"):
-    """The config's test split (no spurious correlation; ``background`` picks aligned/swapped sets)."""
-    return _digits(*_test_args(config, background))
+    """The config's test split (no spurious correlation; ``background`` picks aligned/swapped digit sets)."""
+    return load_split(config, "test", background)
 
 
-def make_model(config: TrainConfig) -> nn.Module:
-    """The untrained model of a config, initialised from ``config.seed``."""
+def test_metadata(config: TrainConfig, background: str = "random") -> dict:
+    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
+    return split_metadata(config, "test", background)
+
+
+def make_model(config: TrainConfig, load_pretrained: bool = True) -> nn.Module:
+    """The untrained model of a config, initialised from ``config.seed`` (``channels_last``).
+
+    Channels and classes come from the dataset; real datasets get their normalisation as the
+    model's first stage (``ersm.models.Normalize``); ``pretrained`` loads ImageNet weights
+    (unless ``load_pretrained=False``: a checkpoint is about to replace them anyway).
+    """
+    spec = config.spec
     torch.manual_seed(config.seed)
-    model = build_model(config.backbone, in_channels=1, num_classes=10, energy_mask=config.energy_mask_kwargs(),
-                        after=config.insert_after, width=config.width if config.backbone == "small_cnn" else None)
+    model = build_model(config.backbone, in_channels=spec.channels, num_classes=spec.classes,
+                        energy_mask=config.energy_mask_kwargs(), after=config.insert_after,
+                        width=config.width if config.backbone == "small_cnn" else None,
+                        pretrained=config.pretrained and load_pretrained,
+                        normalize=None if spec.mean is None else (spec.mean, spec.std))
     return model.to(memory_format=torch.channels_last)
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, steps: int):
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
-    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.2)
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers for the real datasets: ``ERSM_WORKERS`` if set, else 0 on the CPU (its
+    cores train) and up to 8 per process on CUDA. The images do not depend on it (``SeededTransform``)."""
+    raw = os.environ.get("ERSM_WORKERS")
+    if raw is not None:
+        if not raw.isdigit():
+            raise ValueError(f"ERSM_WORKERS={raw!r} must be an integer >= 0")
+        return int(raw)
+    if device.type != "cuda":
+        return 0
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, (os.cpu_count() or 1) // per_node - 1))
 
 
 def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_after_epoch: int | None = None) -> nn.Module:
     """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on its device.
 
-    ``stop_after_epoch`` ends the run early (as if killed) after that epoch's checkpoint: for tests.
+    The loop is :func:`ersm.engine.fit`; this function only turns the config into its arguments.
+    The data (and any missing download) is ready before the first step; ``ValueError`` or
+    ``DatasetNotAvailable`` come before any training. ``stop_after_epoch`` ends the run early
+    (as if killed) after that epoch's checkpoint: for tests.
     """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config={config!r} must be a TrainConfig")
+    distributed.check_same(config.to_dict())  # under torchrun: every worker, the same config
     run_dir = run_dir or cache_dir() / config.digest()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
     seed_everything(config.seed)
-    device = config.torch_device()
-    images, labels, _ = training_data(config)
-    val_images, val_labels, _ = validation_data(config)
-    test_images, test_labels, _ = test_data(config)
+    device = distributed.local_device(config.torch_device())
+    data, validation, test = distributed.main_first(  # rank 0 downloads, the others wait
+        lambda: (training_set(config), evaluation_set(config, "validation"), evaluation_set(config, "test")))
     model = make_model(config).to(device)
-    steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    optimizer, scheduler = make_optimizer(config, model, config.epochs * steps_per_epoch)
-    state = load_checkpoint(run_dir)
-    history: list[dict] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
-    # per-epoch bars in a terminal only; notebooks print one summary line per cell (common.train_all)
-    show = sys.stderr.isatty() if progress is None else progress
-    for epoch in range(len(history), config.epochs):
-        started = time.perf_counter()
-        sums = train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show)
-        record = {"epoch": epoch + 1, **sums, "val_accuracy": accuracy_of(model, val_images, val_labels),
-                  **evaluation_record(model, test_images, test_labels),
-                  "seconds": round(time.perf_counter() - started, 2)}
-        history.append(record)
-        save_checkpoint(run_dir, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "history": history, "config": config.to_dict()})
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    return model.eval()
+    digits = config.dataset == DEFAULT_DATASET
+    augment = functools.partial(_cutout, size=config.cutout_size) if digits and config.augmentation == "cutout" else None
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
+    fitted = fit(model, data, epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
+                 batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
+                 weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
+                 device=device, validation=validation, test=test, run_dir=run_dir,
+                 checkpoint_extra={"config": config.to_dict()}, name=f"{config.model} seed {config.seed} "
+                 f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch,
+                 num_workers=0 if digits else loader_workers(device))
+    return fitted.model
 
 
-def train_one_epoch(config, model, optimizer, scheduler, images, labels, epoch, device, show) -> dict:
-    """One pass over the shuffled training set; returns the epoch's mean loss terms and accuracy."""
-    model.train()
-    generator = torch.Generator().manual_seed(derived_seed(config.seed, epoch))
-    order = torch.randperm(len(images), generator=generator)
-    totals = {"loss": 0.0, "cross_entropy": 0.0, "l_reg": 0.0, "train_accuracy": 0.0}
-    batches = order.split(config.batch_size)
-    bar = tqdm(batches, desc=f"{config.model} seed {config.seed} epoch {epoch + 1}/{config.epochs}",
-               disable=not show, leave=False, file=sys.stderr)
-    use_amp = device.type == "cuda"
-    for step, index in enumerate(bar):
-        x, y = images[index], labels[index]
-        if config.augmentation == "cutout":
-            x = cutout(x, config.cutout_size, generator)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            try:
-                logits = model(x)
-            except ValueError as error:  # the EnergyMask refuses non-finite features: divergence
-                raise FloatingPointError(f"non-finite features at epoch {epoch + 1}, step {step + 1} of config "
-                                         f"{config.digest()} ({error}); the last good checkpoint (epoch {epoch}) is kept") from error
-        objective = ersm_objective(logits, y, model, config.beta if config.is_ersm else 0.0)
-        if not torch.isfinite(objective.total):
-            raise FloatingPointError(
-                f"non-finite loss ({objective.total.item()}) at epoch {epoch + 1}, step {step + 1} of config "
-                f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
-        optimizer.zero_grad(set_to_none=True)
-        objective.total.backward()
-        optimizer.step()
-        scheduler.step()
-        check_mask_offsets(model, config, epoch, step)
-        n = len(index)
-        totals["loss"] += objective.total.item() * n
-        totals["cross_entropy"] += objective.cross_entropy.item() * n
-        totals["l_reg"] += objective.regularizer.item() * n
-        totals["train_accuracy"] += (logits.argmax(1) == y).sum().item()
-    return {key: value / len(images) for key, value in totals.items()}
-
-
-def check_mask_offsets(model, config: TrainConfig, epoch: int, step: int) -> None:
-    """Stop when a learned mask offset became non-finite (it would silently turn every mask into NaN)."""
-    for name, layer in energy_masks(model):
-        offset = getattr(layer, "mask_offset", None)
-        if offset is not None and not torch.isfinite(offset).item():
-            raise FloatingPointError(
-                f"{name}.mask_offset became {offset.item()} at epoch {epoch + 1}, step {step + 1} of config "
-                f"{config.digest()}; the last good checkpoint (epoch {epoch}) is kept")
-
-
-def accuracy_of(model, images, labels) -> float:
-    """Share of ``images`` classified as ``labels``."""
-    return (predict(model, images).logits.argmax(1) == labels).float().mean().item()
-
-
-def evaluation_record(model, images, labels) -> dict:
-    """Test accuracy and, for ERSM models, mask statistics at the fixed thresholds."""
-    out = predict(model, images)
-    record = {"test_accuracy": (out.logits.argmax(1) == labels).float().mean().item()}
-    if out.mask is not None:
-        record["mean_mask"] = out.mask.mean().item()
-        for threshold in MASK_THRESHOLDS:
-            record[f"share_mask_below_{threshold}"] = (out.mask < threshold).float().mean().item()
-    return record
+def _cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    return cutout(images, size, generator)
 
 
 def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
-    """The trained model of ``config`` from the cache, training (or resuming) it only if needed."""
+    """The trained model of ``config`` from the cache, training (or resuming) it only if needed.
+
+    Under ``torchrun`` (a process group is up) every worker calls it and trains one model with
+    DDP (``ersm.distributed``); only rank 0 writes to the cache.
+    """
+    distributed.check_same(config.to_dict())
     run_dir = cache_dir() / config.digest()
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, discard=distributed.is_main())
     seed_everything(config.seed)  # the same threads and kernels whether trained or loaded
     if state is not None and state["epoch"] >= config.epochs:
-        model = make_model(config)
+        model = make_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
-        return model.to(config.torch_device()).eval()
+        return model.to(distributed.local_device(config.torch_device())).eval()
     return train(config, run_dir, progress=progress)
 
 
@@ -222,7 +162,3 @@ def training_history(config: TrainConfig) -> list[dict]:
     return load_checkpoint(cache_dir() / config.digest())["history"]  # the verified copy
 
 
-
-def test_metadata(config: TrainConfig, background: str = "random") -> dict:
-    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
-    return _dataset(*_test_args(config, background)).metadata()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ersm.checkpoint
+import ersm.engine
 import ersm.train
 from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
@@ -49,14 +50,14 @@ def history(run_dir, drop=("seconds",)) -> list[dict]:
 
 
 def count_epochs(monkeypatch) -> list[int]:
-    """Wrap ``train_one_epoch`` so the test sees which epochs actually ran."""
-    ran, original = [], ersm.train.train_one_epoch
+    """Wrap the engine's ``train_one_epoch`` so the test sees which epochs actually ran."""
+    ran, original = [], ersm.engine.train_one_epoch
 
-    def counting(config, model, optimizer, scheduler, images, labels, epoch, *rest):
+    def counting(run, epoch):
         ran.append(epoch)
-        return original(config, model, optimizer, scheduler, images, labels, epoch, *rest)
+        return original(run, epoch)
 
-    monkeypatch.setattr(ersm.train, "train_one_epoch", counting)
+    monkeypatch.setattr(ersm.engine, "train_one_epoch", counting)
     return ran
 
 
@@ -71,7 +72,7 @@ def test_second_get_model_is_a_cache_hit(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached config must not be trained again")
 
-    monkeypatch.setattr(ersm.train, "train_one_epoch", no_training)
+    monkeypatch.setattr(ersm.engine, "train_one_epoch", no_training)
     second = ersm.train.get_model(TINY)
     assert_same_weights(first, second)
     assert not second.training
@@ -168,7 +169,7 @@ def test_corrupt_checkpoint_warns_and_retrains(monkeypatch, corrupt):
 # --- non-finite loss -----------------------------------------------------------------------------
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatch):
-    calls, real = [], ersm.train.ersm_objective
+    calls, real = [], ersm.engine.ersm_objective
     poisoned_call = STEPS_PER_EPOCH + 2  # epoch 2, step 2
 
     def objective(logits, targets, model, beta):
@@ -178,7 +179,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
             return Objective(result.total * float("nan"), result.cross_entropy, result.regularizer)
         return result
 
-    monkeypatch.setattr(ersm.train, "ersm_objective", objective)
+    monkeypatch.setattr(ersm.engine, "ersm_objective", objective)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2\b"):
         ersm.train.get_model(TINY)
     run_dir = cache_dir() / TINY.digest()
@@ -189,7 +190,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
     assert len(history(run_dir)) == 1
 
     # once the cause is gone, training resumes from epoch 2 and matches an uninterrupted run
-    monkeypatch.setattr(ersm.train, "ersm_objective", real)
+    monkeypatch.setattr(ersm.engine, "ersm_objective", real)
     resumed = ersm.train.get_model(TINY)
     assert_same_weights(resumed, ersm.train.train(TINY, run_dir.parent / "straight"))
 
@@ -240,6 +241,12 @@ def test_the_new_variants_train_through_the_engine(model):
     ({"augmentation": "mixup"}, "augmentation"),
     ({"backbone": "vit"}, "backbone"),
     ({"neighbourhood": 6}, "neighbourhood"),
+    ({"dataset": "mnist"}, "dataset='mnist'"),
+    ({"backbone": "resnet34"}, "backbone='resnet34'"),
+    ({"pretrained": True}, "pretrained=True needs one of the backbones"),
+    ({"pretrained": 1}, "pretrained"),
+    ({"backbone": "resnet18_imagenet", "pretrained": True}, "dataset='cluttered_digits' has 1"),  # 1 channel
+    ({"dataset": "cifar10", "background_label_correlation": 0.5}, "background_label_correlation=0.5 applies"),
 ])
 def test_bad_config_is_refused_naming_the_field(values, field):
     with pytest.raises(ValueError, match=field):
@@ -257,7 +264,7 @@ def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
     """A valid value different from the field's value in ``base``."""
     alternatives = {"backbone": ["resnet18"], "model": ["paper", "calibrated"], "insert_after": ["layer1"],
                     "neighbourhood": [4], "augmentation": ["cutout", "none"], "optimizer": ["sgd"],
-                    "background_label_correlation": [0.5]}
+                    "background_label_correlation": [0.5], "dataset": ["cifar10"], "pretrained": [True]}
     current = getattr(base, field.name)
     if field.name in alternatives:
         return next(value for value in alternatives[field.name] if value != current)
@@ -266,7 +273,8 @@ def other_value(field: dataclasses.Field, base: TrainConfig = TrainConfig()):
 
 @pytest.mark.parametrize("field", [f for f in dataclasses.fields(TrainConfig) if f.name != "device"], ids=lambda f: f.name)
 def test_every_field_changes_the_cache_key_of_a_model_it_can_change(field):
-    base = TrainConfig(model="meanfield" if field.name == "iterations" else "paper", augmentation="cutout")
+    base = TrainConfig(model="meanfield" if field.name == "iterations" else "paper", augmentation="cutout",
+                       **({"backbone": "resnet18_imagenet", "dataset": "cifar10"} if field.name == "pretrained" else {}))
     assert base.replace(**{field.name: other_value(field, base)}).digest() != base.digest()
 
 
@@ -275,6 +283,19 @@ def test_energy_mask_fields_do_not_split_the_cache_of_dense_models(field):
     dense = TrainConfig(model="dense")
     changed = dense.replace(**{field: other_value(next(f for f in dataclasses.fields(TrainConfig) if f.name == field))})
     assert changed.digest() == dense.digest()
+
+
+def test_new_fields_at_their_defaults_keep_every_old_cache_key():
+    # configs written before `dataset` and `pretrained` existed must keep their hash (their cache entry)
+    assert {"dataset", "pretrained"}.isdisjoint(TrainConfig().weight_fields())
+    assert TrainConfig(dataset="cifar10").weight_fields()["dataset"] == "cifar10"
+
+
+def test_digit_fields_do_not_split_the_cache_of_real_datasets():
+    cifar = TrainConfig(dataset="cifar10")
+    assert cifar.replace(canvas=56, clutter=2).digest() == cifar.digest()
+    assert (cifar.in_channels, cifar.num_classes, cifar.image_size) == (3, 10, 32)
+    assert (TrainConfig(dataset="oxford_pet").num_classes, TrainConfig(canvas=56).image_size) == (37, 56)
 
 
 def test_cutout_size_matters_only_with_cutout():

@@ -6,6 +6,9 @@
 - :class:`CIFAR10Masked`, :class:`OxfordPetMasked`: real datasets in the same item format;
   :class:`DatasetNotAvailable` when their files are missing offline.
 - :func:`plot_examples`: a grid of items with their masks outlined.
+- :func:`load_split`, :func:`training_set`, :func:`evaluation_set`, :func:`split_metadata`: the
+  splits of a ``TrainConfig`` (any of its datasets), for training and for the notebooks
+  (``splits.py``); :class:`SeededTransform` seeds per-item augmentation by (seed, epoch, index).
 
 Every dataset yields ``(image float32 [C, H, W] in [0, 1], label int, mask bool [1, H, W])``.
 """
@@ -14,6 +17,7 @@ from .digits import ClutteredDigits
 from .occlusion import occlude, occlusion_mask
 from .preview import plot_examples
 from .real import CIFAR10Masked, DatasetNotAvailable, OxfordPetMasked
+from .splits import SeededTransform, evaluation_set, load_split, split_metadata, training_set
 from .textures import BACKGROUNDS
 
 __all__ = [
@@ -22,7 +26,12 @@ __all__ = [
     "ClutteredDigits",
     "DatasetNotAvailable",
     "OxfordPetMasked",
+    "SeededTransform",
+    "evaluation_set",
+    "load_split",
     "occlude",
     "occlusion_mask",
     "plot_examples",
+    "split_metadata",
+    "training_set",
 ]

@@ -1,0 +1,549 @@
+"""The training engine: ``ersm.fit(model, data, *, epochs, beta, ...)``, one loop for every model.
+
+``fit`` trains any ``nn.Module`` that maps ``x [B, C, H, W]`` to logits ``[B, K]``: one of the
+package's backbones, or a model of one's own (a torchvision ResNet with
+``ersm.insert_energy_mask``, say). The loss is ``cross_entropy + beta * L_reg`` with ``L_reg``
+gathered through :func:`ersm.collect_terms` (``ersm.loss``), so it holds for DataParallel,
+DistributedDataParallel and compiled models alike. ``ersm.train`` (the config-driven model cache)
+and ``ersm bench`` run on it; there is no second loop.
+
+What one call does, in this order:
+
+1. checks every argument (``ValueError`` naming the argument and its value, before any work);
+2. moves the model to ``device``, builds the optimizer and the learning-rate schedule;
+3. with a ``run_dir``: resumes from its verified checkpoint (``ersm.checkpoint``), if any;
+4. per epoch: draws the epoch's order (and the batch augmentation) from a generator seeded by
+   ``(seed, epoch)``, takes one :func:`train_step` per batch, scores ``validation`` and ``test``,
+   appends a record to the history and, with a ``run_dir``, writes the checkpoint and
+   ``metrics.jsonl``.
+
+Because each epoch's randomness comes from ``(seed, epoch)`` alone, a run stopped after an epoch
+and resumed ends with the same weights as an uninterrupted one. The checkpoint also holds torch's
+global random state, so layers that draw noise from it (``"hardconcrete"``) resume exactly too.
+
+Data (``data``):
+
+- a tuple ``(images [N, C, H, W] float, labels [N] int64[, masks])`` of tensors: shuffled per
+  epoch by ``torch.randperm`` with the epoch's generator, cut into batches of ``batch_size``;
+  ``augment(x [B, C, H, W], generator) -> [B, C, H, W]`` (e.g. Cutout) runs on each batch with
+  the same generator, on the CPU, before the batch moves to ``device``;
+- a map-style ``torch.utils.data.Dataset`` of ``(image [C, H, W], label, ...)`` items: the same
+  per-epoch order, fetched through a ``DataLoader`` (``num_workers``). Per-item augmentation
+  belongs to the dataset; if it has ``set_epoch(epoch)`` it is called first, which
+  ``ersm.data.SeededTransform`` uses to seed each item's transforms by ``(seed, epoch, index)``;
+- any other iterable with ``len()`` of ``(x, y, ...)`` batches (a ``DataLoader`` of one's own):
+  iterated as it is, its sampler's ``set_epoch(epoch)`` called when present. Its order is then
+  the caller's business.
+
+Records (one per epoch): ``epoch``, the means over the epoch's training items of ``loss``,
+``cross_entropy``, ``l_reg`` and ``train_accuracy`` (taken in training mode, as the batches
+went by), ``val_accuracy`` (with ``validation``), ``test_accuracy`` and, for a model with an
+Energy-Mask Layer, ``mean_mask`` and ``share_mask_below_<t>`` for ``t`` in
+:data:`MASK_THRESHOLDS` (with ``test``; the model's first layer), and ``seconds``.
+
+Several processes: inside a ``torch.distributed`` process group of more than one process
+(``torchrun``; ``ersm.distributed``) the model is wrapped in ``DistributedDataParallel``, each
+process takes its share of every global batch, the epoch's loss terms are summed over all
+processes, rank 0 alone scores ``validation`` and ``test`` (the record is sent to the others)
+and writes ``run_dir``; every process returns the same model.
+
+Numerics: on CUDA the forward pass runs under bfloat16 autocast (``amp=True``) and the loss in
+float32; on the CPU everything is float32. The model's memory format is left as it is
+(``ersm.train`` builds its models ``channels_last``).
+
+Failures: a non-finite loss, non-finite features (the EnergyMask's check, ``ersm.layer``) or a
+non-finite learned ``mask_offset`` stop training with ``FloatingPointError`` naming the epoch
+and step; the last good checkpoint stays on disk.
+
+Decisions and deviations:
+
+- ``beta`` is required. A model without any Energy-Mask Layer must get ``beta=0``: a positive
+  ``beta`` there is refused (``ValueError``), because its regulariser is identically 0 and the
+  call most likely forgot ``insert_energy_mask``. ``ersm.train`` passes ``beta=0`` for dense
+  configs.
+- ``optimizer="adamw"`` / ``"sgd"`` and ``scheduler="onecycle"`` are the package's recipe
+  (AdamW; SGD with Nesterov momentum 0.9; OneCycleLR over all steps with 20% warm-up, peak
+  ``lr``). An optimizer of one's own is accepted as an instance over the model's parameters;
+  ``"onecycle"`` then peaks at its groups' learning rates, and ``lr`` / ``weight_decay`` must
+  be left out. A scheduler instance is stepped once per training step.
+- ``train_accuracy`` is measured on the augmented batches in training mode, not in a separate
+  evaluation pass.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ersm import distributed
+from ersm.checkpoint import load_checkpoint, save_checkpoint
+from ersm.inference import predict
+from ersm.layer import collect_terms, energy_masks
+from ersm.loss import Objective, ersm_objective
+from ersm.paths import atomic_write_text
+from ersm.seeding import DEVICES, derived_seed, resolve_device
+
+MASK_THRESHOLDS = (0.05, 0.1, 0.25)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("onecycle", None)
+DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 3e-3, 5e-4
+EVAL_BATCH = 500
+
+
+class Fitted(NamedTuple):
+    """What :func:`fit` returns: the trained model (evaluation mode, on its device) and its records."""
+
+    model: nn.Module
+    history: list[dict]
+
+
+class Step(NamedTuple):
+    """One training step's objective (0-d tensors) and ``logits [B, K]``."""
+
+    objective: Objective
+    logits: torch.Tensor
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+               beta: float, scheduler=None, amp: bool = True) -> Step:
+    """One optimisation step on ``x [B, C, H, W]`` and ``y [B]`` (both on the model's device).
+
+    Forward (bfloat16 autocast on CUDA when ``amp``) with the Energy-Mask terms collected, the
+    objective ``cross_entropy + beta * L_reg`` in float32, a finiteness check, then
+    ``zero_grad``, ``backward``, ``optimizer.step()`` and ``scheduler.step()``. ``model`` may be
+    wrapped (DataParallel, DistributedDataParallel, ``torch.compile``).
+
+    Raises ``FloatingPointError`` for non-finite features or a non-finite loss, before the
+    update (under DistributedDataParallel every process raises together).
+    """
+    device = x.device
+    with collect_terms(model) as collected:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            try:
+                logits = model(x)
+            except ValueError as error:  # the EnergyMask refuses non-finite features: divergence
+                if "non-finite" not in str(error):
+                    raise
+                raise FloatingPointError(f"non-finite features ({error})") from error
+    objective = ersm_objective(logits, y, collected, beta)
+    if not _finite_everywhere(model, objective.total):
+        raise FloatingPointError(f"non-finite loss ({objective.total.item()})")
+    optimizer.zero_grad(set_to_none=True)
+    objective.total.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return Step(objective, logits)
+
+
+def _finite_everywhere(model: nn.Module, total: torch.Tensor) -> bool:
+    finite = torch.isfinite(total)
+    if isinstance(model, nn.parallel.DistributedDataParallel):  # all processes stop together
+        flag = finite.to(torch.float32).reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(finite)
+
+
+def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 64,
+        optimizer: str | torch.optim.Optimizer = "adamw", lr: float | None = None, weight_decay: float | None = None,
+        scheduler="onecycle", augment: Callable | None = None, seed: int = 0, device=None, amp: bool = True,
+        validation=None, test=None, run_dir=None, checkpoint_extra: dict | None = None, name: str = "model",
+        progress: bool | None = None, stop_after_epoch: int | None = None, num_workers: int = 0) -> Fitted:
+    """Train ``model`` on ``data`` for ``epochs`` epochs; returns :class:`Fitted` ``(model, history)``.
+
+    Args:
+        model: maps ``x [B, C, H, W]`` to logits ``[B, K]``; trained in place.
+        data: ``(images [N, C, H, W], labels [N][, masks])`` tensors, a map-style Dataset of
+            ``(image [C, H, W], label, ...)`` items, or an iterable of ``(x, y, ...)`` batches
+            (module docstring).
+        epochs: epochs to train in total (a resumed run trains the missing ones).
+        beta: weight of the Energy-Mask regulariser; must be 0 for a model without the layer.
+        batch_size: items per step (tensor and Dataset data).
+        optimizer, lr, weight_decay, scheduler: the recipe (module docstring); ``lr`` defaults
+            to 3e-3 and ``weight_decay`` to 5e-4.
+        augment: ``augment(x [B, C, H, W], generator) -> x`` for tensor data (e.g.
+            ``functools.partial(ersm.augment.cutout, size=16)``-like callables).
+        seed: seeds each epoch's order and augmentation, ``(seed, epoch)``. Weights are
+            initialised by the caller; for bit-reproducible runs call
+            ``ersm.seeding.seed_everything`` before building the model.
+        device: where to train; ``None`` keeps the model's device, else ``"auto"``, ``"cpu"``,
+            ``"cuda"`` or a ``torch.device``.
+        amp: bfloat16 autocast on CUDA.
+        validation: ``(images, labels[, masks])`` or a Dataset scored after every epoch
+            (``val_accuracy``).
+        test: likewise (``test_accuracy`` and the mask statistics).
+        run_dir: folder for the resumable checkpoint and ``metrics.jsonl``; ``None`` writes nothing.
+        checkpoint_extra: more entries for the checkpoint (``ersm.train`` stores its config).
+        name: names the run in progress bars and error messages.
+        progress: per-epoch progress bars (default: when stderr is a terminal).
+        stop_after_epoch: end after this epoch's checkpoint, as if killed (for tests).
+        num_workers: DataLoader workers for Dataset data.
+    """
+    plan = _check_arguments(model, data, epochs=epochs, beta=beta, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                            weight_decay=weight_decay, scheduler=scheduler, augment=augment, seed=seed, device=device,
+                            amp=amp, validation=validation, test=test, run_dir=run_dir, name=name, progress=progress,
+                            stop_after_epoch=stop_after_epoch, num_workers=num_workers)
+    device = plan.device
+    model.to(device)
+    rank, size = distributed.world()
+    steps_per_epoch = plan.steps_per_epoch
+    optimizer = _optimizer(optimizer, model, lr, weight_decay)
+    scheduler = _scheduler(scheduler, optimizer, epochs * steps_per_epoch)
+    run_dir = None if run_dir is None else Path(run_dir)
+    history: list[dict] = []
+    state = load_checkpoint(run_dir, discard=rank == 0) if run_dir is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        _restore_rng(state.get("rng"), device)
+    distributed.check_same({"resumed_epochs": len(history)}, what="checkpoint in run_dir")
+    trained = model
+    if size > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(model=model, trained=trained, optimizer=optimizer, scheduler=scheduler, data=data, augment=augment,
+               seed=seed, batch_size=batch_size, device=device, amp=amp, beta=float(beta), name=name,
+               epochs=epochs, num_workers=num_workers, run_dir=run_dir, rank=rank, world_size=size,
+               show=(sys.stderr.isatty() if progress is None else progress) and rank == 0)
+    for epoch in range(len(history), epochs):
+        started = time.perf_counter()
+        record = {"epoch": epoch + 1, **train_one_epoch(run, epoch)}
+        distributed.sync_buffers(model)  # every process holds rank 0's model
+        if rank == 0:
+            if validation is not None:
+                record["val_accuracy"] = evaluate(model, validation, num_workers)["accuracy"]
+            if test is not None:
+                scored = evaluate(model, test, num_workers)
+                record["test_accuracy"] = scored.pop("accuracy")
+                record.update(scored)
+            record["seconds"] = round(time.perf_counter() - started, 2)
+        record = distributed.broadcast(record)
+        history.append(record)
+        if run_dir is not None and rank == 0:
+            save_checkpoint(run_dir, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scheduler": None if scheduler is None else scheduler.state_dict(),
+                                      "history": history, **(checkpoint_extra or {}), "rng": _rng_state(device),
+                                      "world_size": size})
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return Fitted(model.eval(), history)
+
+
+class _Run(NamedTuple):
+    model: nn.Module      # the bare model (checkpoints, mask offsets, evaluation)
+    trained: nn.Module    # what the steps call: the model or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    data: object
+    augment: Callable | None
+    seed: int
+    batch_size: int
+    device: torch.device
+    amp: bool
+    beta: float
+    name: str
+    epochs: int
+    num_workers: int
+    run_dir: Path | None
+    rank: int
+    world_size: int
+    show: bool
+
+
+def train_one_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the epoch's batches; returns the means of the loss terms and the accuracy."""
+    run.trained.train()
+    totals = {"loss": 0.0, "cross_entropy": 0.0, "l_reg": 0.0, "train_accuracy": 0.0}
+    seen = 0
+    batches = epoch_batches(run.data, epoch, seed=run.seed, batch_size=run.batch_size, augment=run.augment,
+                            num_workers=run.num_workers, rank=run.rank, world_size=run.world_size)
+    bar = tqdm(batches, desc=f"{run.name} epoch {epoch + 1}/{run.epochs}", disable=not run.show, leave=False,
+               file=sys.stderr)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        try:
+            done = train_step(run.trained, x, y, run.optimizer, beta=run.beta, scheduler=run.scheduler, amp=run.amp)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} at epoch {epoch + 1}, step {step + 1} of {run.name}; "
+                                     f"{_kept(run, epoch)}") from error
+        check_mask_offsets(run, epoch, step)
+        n = len(y)
+        totals["loss"] += done.objective.total.item() * n
+        totals["cross_entropy"] += done.objective.cross_entropy.item() * n
+        totals["l_reg"] += done.objective.regularizer.item() * n
+        totals["train_accuracy"] += (done.logits.argmax(1) == y).sum().item()
+        seen += n
+    if run.world_size > 1:  # the means over every process's items
+        *sums, seen = distributed.sum_over_ranks([*totals.values(), float(seen)])
+        totals = dict(zip(totals, sums))
+    if seen == 0:
+        raise ValueError(f"data gave no batch in epoch {epoch + 1}")
+    return {key: value / seen for key, value in totals.items()}
+
+
+def _kept(run: _Run, epoch: int) -> str:
+    if run.run_dir is None:
+        return "nothing is kept (run_dir=None)"
+    return f"the last good checkpoint (epoch {epoch}) is kept"
+
+
+def check_mask_offsets(run: _Run, epoch: int, step: int) -> None:
+    """Stop when a learned mask offset became non-finite (it would silently turn every mask into NaN)."""
+    for name, layer in energy_masks(run.model):
+        offset = getattr(layer, "mask_offset", None)
+        if offset is not None and not torch.isfinite(offset).item():
+            raise FloatingPointError(f"{name}.mask_offset became {offset.item()} at epoch {epoch + 1}, step {step + 1} "
+                                     f"of {run.name}; {_kept(run, epoch)}")
+
+
+def epoch_batches(data, epoch: int, *, seed: int, batch_size: int, augment: Callable | None = None,
+                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's ``(x [B, C, H, W], y [B])`` batches on the CPU, in the engine's order (module
+    docstring); with ``world_size > 1``, process ``rank``'s share of each (``ersm.distributed.shard``)."""
+    if isinstance(data, (tuple, list)):
+        return _tensor_batches(data[0], data[1], epoch, seed, batch_size, augment, rank, world_size)
+    if isinstance(data, Dataset):
+        generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
+        order = torch.randperm(len(data), generator=generator)
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        shares = [distributed.shard(batch, rank, world_size).tolist() for batch in order.split(batch_size)]
+        loader = DataLoader(data, batch_sampler=shares, num_workers=num_workers)
+        return ((items[0], items[1]) for items in loader)
+    sampler = getattr(data, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    return ((items[0], items[1]) for items in data)
+
+
+def _tensor_batches(images, labels, epoch, seed, batch_size, augment, rank, world_size):
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch))
+    order = torch.randperm(len(images), generator=generator)
+    for index in order.split(batch_size):
+        x, y = images[index], labels[index]
+        if augment is not None:
+            x = augment(x, generator)  # on the whole batch: every process draws the same
+        if world_size > 1:
+            share = distributed.shard(torch.arange(len(index)), rank, world_size)
+            x, y = x[share], y[share]
+        yield x, y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, num_workers: int = 0) -> dict:
+    """``accuracy`` of ``model`` on ``(images, labels[, masks])`` or a Dataset of ``(image, label, ...)``
+    and, for a model with an Energy-Mask Layer, ``mean_mask`` and ``share_mask_below_<t>`` of its
+    first layer's masks ``[N, 1, h, w]``. Runs in evaluation mode on the model's device."""
+    if isinstance(data, (tuple, list)):
+        out = predict(model, data[0])
+        logits, mask, labels = out.logits, out.mask, data[1]
+    else:
+        parts = [(predict(model, items[0], batch_size=EVAL_BATCH), items[1])
+                 for items in DataLoader(data, batch_size=EVAL_BATCH, num_workers=num_workers)]
+        logits = torch.cat([out.logits for out, _ in parts])
+        labels = torch.cat([torch.as_tensor(y) for _, y in parts])
+        mask = None if parts[0][0].mask is None else torch.cat([out.mask for out, _ in parts])
+    record = {"accuracy": (logits.argmax(1) == labels).float().mean().item()}
+    if mask is not None:
+        record["mean_mask"] = mask.mean().item()
+        for threshold in MASK_THRESHOLDS:
+            record[f"share_mask_below_{threshold}"] = (mask < threshold).float().mean().item()
+    return record
+
+
+# --- recipe ------------------------------------------------------------------------------------
+
+def _optimizer(optimizer, model: nn.Module, lr: float | None, weight_decay: float | None) -> torch.optim.Optimizer:
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    lr = DEFAULT_LR if lr is None else lr
+    weight_decay = DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay
+    if optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+
+
+def _scheduler(scheduler, optimizer: torch.optim.Optimizer, total_steps: int):
+    if scheduler != "onecycle":
+        return scheduler  # None or the caller's instance
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks[0] if len(peaks) == 1 else peaks,
+                                               total_steps=total_steps, pct_start=0.2)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict | None, device: torch.device) -> None:
+    if state is None:  # a checkpoint from before the state was saved
+        return
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --- argument checks ------------------------------------------------------------------------------
+
+class _Plan(NamedTuple):
+    device: torch.device
+    steps_per_epoch: int
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, weight_decay, scheduler, augment, seed,
+                     device, amp, validation, test, run_dir, name, progress, stop_after_epoch, num_workers) -> _Plan:
+    """Every argument of :func:`fit`, checked before any work; returns the device and steps per epoch."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be a torch.nn.Module")
+    for argument, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
+                                 ("num_workers", num_workers, 0)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{argument}={value!r} must be an integer >= {low}")
+    if stop_after_epoch is not None and (not _is_int(stop_after_epoch) or stop_after_epoch < 1):
+        raise ValueError(f"stop_after_epoch={stop_after_epoch!r} must be None or an integer >= 1")
+    if not _is_number(beta) or beta < 0:
+        raise ValueError(f"beta={beta!r} must be a finite number >= 0")
+    if beta > 0 and not energy_masks(model):
+        raise ValueError(f"beta={beta!r} but the model holds no EnergyMask, so there is no regulariser to weigh; "
+                         "pass beta=0 for a dense model, or add the layer with ersm.insert_energy_mask")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if lr is not None or weight_decay is not None:
+            given = "lr" if lr is not None else "weight_decay"
+            raise ValueError(f"{given}={lr if lr is not None else weight_decay!r} applies to optimizer='adamw' or 'sgd'; "
+                             "set it in the optimizer instance instead")
+        owned = {id(p) for p in model.parameters()}
+        if not any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError("optimizer holds none of the model's parameters")
+    elif optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} must be one of {OPTIMIZERS} or a torch.optim.Optimizer")
+    if lr is not None and (not _is_number(lr) or lr <= 0):
+        raise ValueError(f"lr={lr!r} must be a finite number > 0")
+    if weight_decay is not None and (not _is_number(weight_decay) or weight_decay < 0):
+        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
+    if scheduler not in SCHEDULERS and not hasattr(scheduler, "step"):
+        raise ValueError(f"scheduler={scheduler!r} must be 'onecycle', None or a learning-rate scheduler")
+    if augment is not None and not callable(augment):
+        raise ValueError(f"augment={augment!r} must be callable: augment(x, generator) -> x")
+    for argument, value in (("amp", amp), ("progress", progress)):
+        if not isinstance(value, bool) and not (argument == "progress" and value is None):
+            raise ValueError(f"{argument}={value!r} must be a bool")
+    if not isinstance(name, str):
+        raise ValueError(f"name={name!r} must be a str")
+    if run_dir is not None and not isinstance(run_dir, (str, Path)):
+        raise ValueError(f"run_dir={run_dir!r} must be a path or None")
+    device = _device(model, device)
+    steps = _check_data("data", data, model, batch_size, training=True)
+    if augment is not None and not isinstance(data, (tuple, list)):
+        raise ValueError(f"augment={augment!r} applies to tensor data only; put per-item augmentation into the "
+                         f"Dataset (data={type(data).__name__}), e.g. ersm.data.SeededTransform")
+    for argument, value in (("validation", validation), ("test", test)):
+        if value is not None:
+            _check_data(argument, value, model, batch_size, training=False)
+    return _Plan(device, steps)
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    if device is None:
+        parameter = next(model.parameters(), None)
+        if parameter is None:
+            raise ValueError("model has no parameters to train")
+        return parameter.device
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ValueError(f"device={device!r} must be None, a str or a torch.device")
+    if device in DEVICES:
+        return resolve_device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device={device!r} is not a device ({error})") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device on this machine")
+    return resolved
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution expects (``None`` without a Conv2d)."""
+    first = next((module for module in model.modules() if isinstance(module, nn.Conv2d)), None)
+    return None if first is None else first.in_channels
+
+
+def _output_classes(model: nn.Module) -> int | None:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return None if last is None else last.out_features
+
+
+def _check_data(argument: str, data, model: nn.Module, batch_size: int, training: bool) -> int:
+    """Shapes, dtypes, channels and labels of ``data``; returns its steps per epoch."""
+    channels = input_channels(model)
+    if isinstance(data, torch.Tensor):
+        raise ValueError(f"{argument}=Tensor of shape {tuple(data.shape)}: pass (images, labels) tensors, a Dataset "
+                         "or an iterable of (x, y) batches")
+    if isinstance(data, (tuple, list)):
+        if len(data) not in (2, 3) or not all(isinstance(t, torch.Tensor) for t in data[:2]):
+            raise ValueError(f"{argument} must be (images [N, C, H, W], labels [N][, masks]) tensors, a Dataset or "
+                             f"an iterable of batches; got a {type(data).__name__} of {len(data)} item(s)")
+        images, labels = data[0], data[1]
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"{argument}: images must be a float tensor [N, C, H, W], got {images.dtype} of shape "
+                             f"{tuple(images.shape)}")
+        if labels.dim() != 1 or labels.dtype != torch.int64 or len(labels) != len(images):
+            raise ValueError(f"{argument}: labels must be an int64 tensor [N] with N={len(images)}, got {labels.dtype} "
+                             f"of shape {tuple(labels.shape)}")
+        if len(images) == 0:
+            raise ValueError(f"{argument} holds no images")
+        classes = _output_classes(model)
+        if classes is not None and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"{argument}: labels run from {labels.min().item()} to {labels.max().item()}, but the "
+                             f"model has {classes} outputs")
+        if channels is not None and images.shape[1] != channels:
+            raise ValueError(f"{argument}: images have {images.shape[1]} channels (shape {tuple(images.shape)}), but "
+                             f"the model's first convolution expects {channels}")
+        return math.ceil(len(images) / batch_size)
+    if isinstance(data, Dataset):
+        if not hasattr(data, "__len__"):
+            raise ValueError(f"{argument}={type(data).__name__} must be a map-style Dataset with a length")
+        if len(data) == 0:
+            raise ValueError(f"{argument}={type(data).__name__} holds no items")
+        image = data[0][0]
+        if not isinstance(image, torch.Tensor) or image.dim() != 3:
+            raise ValueError(f"{argument}={type(data).__name__}: items must start with an image tensor [C, H, W], "
+                             f"got {type(image).__name__}")
+        if channels is not None and image.shape[0] != channels:
+            raise ValueError(f"{argument}={type(data).__name__}: images have {image.shape[0]} channels, but the "
+                             f"model's first convolution expects {channels}")
+        return math.ceil(len(data) / batch_size)
+    if not training or not isinstance(data, Iterable) or not hasattr(data, "__len__"):
+        kinds = "tensors or a Dataset" if not training else "tensors, a Dataset or an iterable of batches with len()"
+        raise ValueError(f"{argument}={type(data).__name__} must be {kinds}")
+    if len(data) == 0:
+        raise ValueError(f"{argument}={type(data).__name__} gives no batches")
+    return len(data)

@@ -5,6 +5,7 @@
 - :func:`occlude` / :func:`occlusion_mask`: structured occlusion for the robustness claim.
 - :class:`CIFAR10Masked`, :class:`OxfordPetMasked`: real datasets in the same item format;
   :class:`DatasetNotAvailable` when their files are missing offline.
+- :func:`capabilities`: which claims a dataset supports (object masks, background swap).
 - :func:`plot_examples`: a grid of items with their masks outlined.
 - :func:`load_split`, :func:`training_set`, :func:`evaluation_set`, :func:`split_metadata`: the
   splits of a ``TrainConfig`` (any of its datasets), for training and for the notebooks
@@ -13,6 +14,7 @@
 Every dataset yields ``(image float32 [C, H, W] in [0, 1], label int, mask bool [1, H, W])``.
 """
 
+from .capabilities import capabilities
 from .digits import ClutteredDigits
 from .occlusion import occlude, occlusion_mask
 from .preview import plot_examples
@@ -27,6 +29,7 @@ __all__ = [
     "DatasetNotAvailable",
     "OxfordPetMasked",
     "SeededTransform",
+    "capabilities",
     "evaluation_set",
     "load_split",
     "occlude",

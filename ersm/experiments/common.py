@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 
-from ersm.config import TrainConfig
+from ersm.config import DATASETS, TrainConfig
 from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
 from ersm.metrics.stats import mean_ci
 from ersm.train import get_model, is_cached, test_data, training_history
@@ -29,9 +29,24 @@ VARIANTS = {
 ALL_MODELS = tuple(VARIANTS)  # dense, Cutout, then every variant and its control
 
 
-def base_config(canvas: int, n_train: int, n_test: int, epochs: int, **changes) -> TrainConfig:
-    """The profile's shared recipe (a 48 canvas cuts out 16 px, DeVries and Taylor's ratio for 32 px is 1/2; we use 1/3)."""
-    return TrainConfig(canvas=canvas, n_train=n_train, n_test=n_test, epochs=epochs, cutout_size=canvas // 3, **changes)
+def base_config(canvas: int, n_train: int, n_test: int, epochs: int, dataset: str = "cluttered_digits",
+                backbone: str = "small_cnn", **changes) -> TrainConfig:
+    """The profile's shared recipe on ``dataset`` with ``backbone``. Cutout hides a third of the
+    image side (a 48 canvas cuts out 16 px; DeVries and Taylor's ratio for 32 px is 1/2; we use
+    1/3); on a real dataset the side is the dataset's image size and ``canvas`` is unused. A
+    SmallCNN's ``width`` is passed on; the ResNets ignore it."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset={dataset!r} is unknown; choose one of {list(DATASETS)}")
+    side = DATASETS[dataset].image_size or canvas
+    return TrainConfig(canvas=canvas, n_train=n_train, n_test=n_test, epochs=epochs, cutout_size=max(1, side // 3),
+                       dataset=dataset, backbone=backbone, **changes)
+
+
+def not_applicable(claim: str, dataset: str, needs: str) -> dict:
+    """Print ``<claim>: not applicable on <dataset> (needs <needs>)`` and return the results-JSON
+    entry ``{"claim", "dataset", "status": "not applicable", "needs"}`` (no verdict row)."""
+    print(f"{claim}: not applicable on {dataset} (needs {needs})")
+    return {"claim": claim, "dataset": dataset, "status": "not applicable", "needs": needs}
 
 
 def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED),

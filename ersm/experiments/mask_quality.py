@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ersm.data import capabilities
+from ersm.experiments import common
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
 from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, RULE_V2_INTERVAL, SUPPORTED, Claim, check_distinct,
@@ -34,13 +36,35 @@ METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "
 PRIMARY_METRIC = "pixel AUROC"
 
 
+CLAIM = "mask quality"
+
+
+def check_dataset(dataset: str) -> None:
+    """ValueError naming ``dataset`` when it has no object masks (``ersm.data.capabilities``): the
+    localisation metrics need a ground-truth object per image."""
+    if not capabilities(dataset)["object_masks"]:
+        raise ValueError(f"dataset={dataset!r} has no object masks, so mask quality (notebook 05) cannot be scored on it; "
+                         f"use a dataset with object masks ('cluttered_digits' or 'oxford_pet')")
+
+
+def applicable(dataset: str) -> tuple[bool, list[dict]]:
+    """``(True, [])`` when ``dataset`` has object masks, else ``(False, [entry])`` with the printed
+    "not applicable" results-JSON entry of notebook 05."""
+    if capabilities(dataset)["object_masks"]:
+        return True, []
+    return False, [common.not_applicable(CLAIM, dataset, "object masks")]
+
+
 def shifted(maps: torch.Tensor) -> torch.Tensor:
     """Each map minus its own minimum: ``[N, h, w]``."""
     return maps - maps.flatten(1).amin(1).view(-1, 1, 1)
 
 
-def localisation_scores(maps: torch.Tensor, masks: torch.Tensor, tolerance: int) -> dict[str, np.ndarray]:
-    """Every localisation metric per image for ``maps [N, h, w]`` against ``masks [N, 1, H, W]``."""
+def localisation_scores(maps: torch.Tensor, masks: torch.Tensor, tolerance: int, dataset: str | None = None) -> dict[str, np.ndarray]:
+    """Every localisation metric per image for ``maps [N, h, w]`` against ``masks [N, 1, H, W]``;
+    with ``dataset``, ValueError first when it has no object masks (``check_dataset``)."""
+    if dataset is not None:
+        check_dataset(dataset)
     maps = shifted(maps.float())
     return {
         "pointing game": pointing_game(maps, masks).float().numpy(),

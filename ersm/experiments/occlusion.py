@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ersm.data import occlude
+from ersm.data import capabilities, occlude
+from ersm.experiments import common
 from ersm.experiments.common import DENSE
 from ersm.inference import predict
 from ersm.metrics.hierarchical import mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval
@@ -43,6 +44,32 @@ FILLS = ("zero", "texture")
 PRIMARY = ("square", "zero")
 CONDITIONS = tuple((kind, fill) for kind in KINDS for fill in FILLS)  # every (kind, fill), in computing order
 CHANCE, MARGIN = 10.0, 10.0  # 10 classes; headroom: at least 10 points above chance
+
+
+# ----------------------------------------------------------------------------- datasets
+
+OBJECT_CLAIM, BACKGROUND_CLAIM = "object-targeted occlusion", "background reliance"
+
+
+def conditions_for(dataset: str) -> tuple[tuple[str, str], ...]:
+    """The ``(kind, fill)`` conditions ``dataset`` supports: every one of :data:`CONDITIONS`, less
+    the object-targeted kind where it has no object masks (``ersm.data.capabilities``)."""
+    if capabilities(dataset)["object_masks"]:
+        return CONDITIONS
+    return tuple(pair for pair in CONDITIONS if pair[0] != "object")
+
+
+def not_applicable(dataset: str) -> list[dict]:
+    """The results-JSON entries (each printed as one line) of notebook 03's parts that ``dataset``
+    cannot support: object-targeted occlusion without object masks, background reliance without
+    the cluttered digits' aligned/swapped backgrounds. Empty on the cluttered digits."""
+    able = capabilities(dataset)
+    out = []
+    if not able["object_masks"]:
+        out.append(common.not_applicable(OBJECT_CLAIM, dataset, "object masks"))
+    if not able["background_swap"]:
+        out.append(common.not_applicable(BACKGROUND_CLAIM, dataset, "the aligned and swapped backgrounds of cluttered_digits"))
+    return out
 
 
 # ----------------------------------------------------------------------------- correctness

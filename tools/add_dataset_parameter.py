@@ -77,9 +77,13 @@ def guard(cell, condition: str, otherwise: list[str] | None = None) -> None:
         lines = lines[:last.lineno - 1]
     while lines and not lines[-1].strip():
         lines.pop()
-    new = head + [f"{GUARD}{condition}", f"if {condition}:"] + [("    " + line) if line.strip() else "" for line in lines]
-    if otherwise:
-        new += ["else:"] + ["    " + line for line in otherwise]
+    new = head + [f"{GUARD}{condition}"]
+    if lines:
+        new += [f"if {condition}:"] + [("    " + line) if line.strip() else "" for line in lines]
+        if otherwise:
+            new += ["else:"] + ["    " + line for line in otherwise]
+    elif otherwise:
+        new += [f"if not ({condition}):"] + ["    " + line for line in otherwise]
     set_lines(cell, new + tail)
 
 

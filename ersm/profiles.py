@@ -56,8 +56,14 @@ SPECIFIC = {
                                              BACKGROUND_MODELS=["dense", "ERSM paper", "ERSM calibrated", "ERSM meanfield",
                                                                 "ERSM hardconcrete", "ERSM paper, beta=0", "ERSM calibrated, beta=0",
                                                                 "ERSM meanfield, beta=0", "ERSM hardconcrete, beta=0"])},
-    "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_INPUT=50, N_ROAD=50),
-                                 "full": dict(STEPS=16, N_BOOT=2000, N_INPUT=100, N_ROAD=100)},
+    # ALL_PROTOCOLS: the families scored under every deletion protocol and ranking; every other family (the other
+    # variants and every beta=0 control) gets the primary protocol with the energy, mask and magnitude rankings, which is
+    # all its verdict rows read (ci: to stay in the suite's budget; full: every family)
+    "04_deletion_vs_magnitude": {"ci": dict(STEPS=16, N_BOOT=1000, N_INPUT=50, N_ROAD=50, ALL_PROTOCOLS=["dense", "ERSM paper"]),
+                                 "full": dict(STEPS=16, N_BOOT=2000, N_INPUT=100, N_ROAD=100,
+                                              ALL_PROTOCOLS=["dense", "ERSM paper", "ERSM calibrated", "ERSM meanfield",
+                                                             "ERSM hardconcrete", "ERSM paper, beta=0", "ERSM calibrated, beta=0",
+                                                             "ERSM meanfield, beta=0", "ERSM hardconcrete, beta=0"])},
     # RHO: the spurious split of notebook 05 (background mass share, reported); the largest of 03's RHOS, so its
     # dense and ERSM paper models are those notebook 03 trained (the cache)
     "05_mask_quality": {"ci": dict(TOLERANCE=3, N_BOOT=1000, RHO=0.9), "full": dict(TOLERANCE=4, N_BOOT=2000, RHO=0.9)},

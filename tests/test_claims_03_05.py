@@ -718,3 +718,14 @@ def test_the_good_inputs_behind_the_bad_ones_give_verdicts():
     scores[ERSM_NAME]["pixel AUROC"][1, :5] = np.nan   # a few NaN AUROCs are fine: those images are left out
     assert mask_quality.quality_claims(scores, ERSM_NAME, BASELINES, N_BOOT)[1] == SUPPORTED
     assert isinstance(claim, Claim) and isinstance(deletion.comparison_frame({ERSM_NAME: good_per_seed()}, {LERF: 1}, N_BOOT), pd.DataFrame)
+
+
+def test_comparison_frame_skips_protocols_a_model_did_not_run():
+    """A control run under the primary protocol only gets one row, not empty rows for the others."""
+    full = seed_shifted_areas([0.10, -0.02, 0.06])
+    primary_only = [{key: value for key, value in seed.items() if key[0] == LERF} for seed in full]
+    other = ("feature", "most", "deletion", "zero")
+    both = [{**seed, **{(other, r): v for (p, r), v in seed.items() if p == LERF}} for seed in full]
+    frame = deletion.comparison_frame({ERSM_NAME: both, "control": primary_only}, {LERF: +1, other: -1}, N_BOOT)
+    assert len(frame) == 3 and (frame.model == "control").sum() == 1
+    assert frame.loc[frame.model == "control", "protocol"].item() == deletion.protocol_name(LERF)

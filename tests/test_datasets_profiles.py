@@ -130,7 +130,7 @@ def test_the_notebook_script_is_idempotent_and_keeps_outputs(tmp_path):
                           .replace("dataset=DATASET, backbone=BACKBONE, ", "") for line in cell["source"]]
     (tmp_path / NOTEBOOKS[0].name).write_text(json.dumps(book, indent=1, ensure_ascii=False) + "\n")
     subprocess.run([sys.executable, str(ROOT / "tools" / "add_dataset_parameter.py"), str(tmp_path)], check=True, capture_output=True)
-    assert (tmp_path / NOTEBOOKS[0].name).read_bytes() == NOTEBOOKS[0].read_bytes()
+    assert json.loads((tmp_path / NOTEBOOKS[0].name).read_text()) == json.loads(NOTEBOOKS[0].read_text())
 
 
 TINY = dict(SEEDS=[0, 1], EPOCHS=1, N_TRAIN=12, N_VAL=4, N_TEST=6, CANVAS=32, WIDTH=4, DEVICE="cpu", TUNING_TRIALS=1,

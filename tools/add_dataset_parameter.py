@@ -172,15 +172,15 @@ def edit(path: Path) -> bool:
     """Edit one notebook in place; True when it changed."""
     text = path.read_text()
     notebook = json.loads(text)
+    before = json.loads(text)
     cells = notebook["cells"]
     setup = common_edits(cells, path)
     if path.name[:2] in EDITS:
         EDITS[path.name[:2]](cells, setup, path)
-    out = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
-    if out != text:
-        path.write_text(out)
-        return True
-    return False
+    if notebook == before:  # compare content, not bytes: papermill and json format a notebook differently
+        return False
+    path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    return True
 
 
 def main(argv: list[str]) -> None:

@@ -147,6 +147,8 @@ def comparison_frame(per_seed: dict[str, list[dict]], protocols: dict, n_boot: i
     for model_name, seeds in per_seed.items():
         for protocol, sign in protocols.items():
             rankings = [name for (p, name) in seeds[0] if p == protocol]  # input space runs fewer
+            if not rankings:  # this model was not run under this protocol (e.g. only the primary one)
+                continue
             row = {"model": model_name, "protocol": protocol_name(protocol), "seeds": len(seeds)}
             for name in rankings:
                 row[name] = seed_stack(seeds, (protocol, name)).mean()

@@ -20,11 +20,19 @@ from ersm import numerics
 from ersm.seeding import resolve_device
 
 
+# What a run itself rewrites (executed notebooks, results, figures, the README's table): changes there do not make
+# the code a run used differ from its commit, so they do not count as dirty.
+RUN_OUTPUTS = ("notebooks/*.ipynb", "results", "figures", "README.md")
+
+
 def git_state() -> dict:
+    """``commit`` (HEAD) and ``dirty``: whether tracked files other than ``RUN_OUTPUTS`` differ from it."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, check=False).stdout.strip()
     try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        outputs = [f":(exclude,glob){pattern}" for pattern in RUN_OUTPUTS] + [":(exclude)results", ":(exclude)figures"]
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
     except OSError:  # no git on this machine: record that, do not lose the run
         return {"commit": None, "dirty": None}
 

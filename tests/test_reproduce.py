@@ -151,3 +151,26 @@ def test_reproduce_leaves_the_readme_and_the_table_names_each_commit(notebooks, 
     table = claims_table("full")
     assert "2 different commits" in table and "`02_other` abcdef0+dirty" in table
     assert table.count("fixture claim") == 2
+
+
+def test_dirty_means_changed_code_not_the_outputs_a_run_writes(tmp_path, monkeypatch):
+    import subprocess
+
+    from ersm.results import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("notebooks/01_x.ipynb", "results/ci/01_x.json", "figures/ci/a.png", "README.md", "ersm/code.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path))
+    assert git_state()["dirty"] is False
+    for name in ("notebooks/01_x.ipynb", "results/ci/01_x.json", "figures/ci/a.png", "README.md"):
+        (tmp_path / name).write_text("executed\n")
+    assert git_state()["dirty"] is False
+    (tmp_path / "ersm/code.py").write_text("changed\n")
+    assert git_state()["dirty"] is True

@@ -174,3 +174,23 @@ def test_dirty_means_changed_code_not_the_outputs_a_run_writes(tmp_path, monkeyp
     assert git_state()["dirty"] is False
     (tmp_path / "ersm/code.py").write_text("changed\n")
     assert git_state()["dirty"] is True
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed notebooks yet")
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_notebook_imports_ersm_before_numpy_or_pandas(path):
+    """A kernel that loads numpy before ``import ersm`` runs unpinned (ersm/numerics.py): in JupyterLab,
+    and under nbval, whose kernels do not inherit the pins. The first import must be from ersm."""
+    import ast
+
+    book = nbformat.read(path, as_version=4)
+    for cell in book.cells:
+        if cell.cell_type != "code":
+            continue
+        imports = [node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, (ast.Import, ast.ImportFrom))]
+        if imports:
+            first = min(imports, key=lambda node: (node.lineno, node.col_offset))
+            module = first.module if isinstance(first, ast.ImportFrom) else first.names[0].name
+            assert module.split(".")[0] == "ersm", f"{path.name}: the first import is {module!r}, not ersm"
+            return
+    pytest.fail(f"{path.name} imports nothing")

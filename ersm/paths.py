@@ -14,7 +14,10 @@ One root holds ``runs/`` (the model cache and executed notebooks), ``results/``,
    ``pip install .`` whose notebooks run from ``notebooks/``), else the current working
    directory itself.
 
-``ERSM_DATA`` moves only the datasets (:func:`data_dir`).
+``ERSM_DATA`` moves only the datasets (:func:`data_dir`), ``ERSM_CACHE`` only the model cache
+(:func:`cache_dir`): a long run keeps its trained models there when the work tree around
+``runs/`` may be laid afresh between sessions, while its results and figures still land in the
+repository.
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ def runs_dir() -> Path:
 
 
 def cache_dir() -> Path:
+    """The model cache: ``ERSM_CACHE`` if set, else ``runs/cache`` under the root."""
+    if os.environ.get("ERSM_CACHE"):
+        return Path(os.environ["ERSM_CACHE"]).resolve()
     return runs_dir() / "cache"
 
 

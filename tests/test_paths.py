@@ -33,6 +33,7 @@ def fake_clone(root: Path) -> Path:
 def clean_environment(monkeypatch):
     monkeypatch.delenv("ERSM_HOME", raising=False)
     monkeypatch.delenv("ERSM_DATA", raising=False)
+    monkeypatch.delenv("ERSM_CACHE", raising=False)
 
 
 def test_ersm_home_holds_everything(tmp_path, monkeypatch):
@@ -41,6 +42,15 @@ def test_ersm_home_holds_everything(tmp_path, monkeypatch):
                             "figures": tmp_path / "figures", "data": tmp_path / "data"}
     monkeypatch.setenv("ERSM_DATA", str(tmp_path / "datasets"))
     assert paths.data_dir() == tmp_path / "datasets" and paths.runs_dir() == tmp_path / "runs"
+
+
+def test_ersm_cache_moves_the_model_cache_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ERSM_CACHE", str(tmp_path / "models"))
+    assert paths.cache_dir() == tmp_path / "models"
+    assert paths.runs_dir() == tmp_path / "home" / "runs" and paths.results_dir("full") == tmp_path / "home" / "results" / "full"
+    monkeypatch.delenv("ERSM_HOME")
+    assert paths.cache_dir() == tmp_path / "models" and paths.figures_dir() == CHECKOUT / "figures"
 
 
 def test_a_source_checkout_is_the_root_whatever_the_working_directory(tmp_path, monkeypatch):

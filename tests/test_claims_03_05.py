@@ -64,6 +64,24 @@ def test_headroom_fractions_by_hand():
     assert occlusion.headroom_fractions(correct, FRACTIONS, baseline=ERSM_NAME) == []
 
 
+@pytest.mark.parametrize("dataset, chance", [("cluttered_digits", 10.0), ("cifar10", 10.0), ("oxford_pet", 100 / 37)])
+def test_chance_level_is_a_uniform_guess_over_the_dataset_classes(dataset, chance):
+    assert occlusion.chance_level(dataset) == pytest.approx(chance)
+
+
+def test_the_pet_bar_admits_a_share_the_ten_class_bar_refuses():
+    # dense at 15% under occlusion: above 2.7 + 10 points (37 breeds), below 10 + 10 (10 classes)
+    correct = {(DENSE, s, "square", "zero"): first_right([90, 15, 15, 15]) for s in (0, 1)}
+    assert occlusion.headroom_fractions(correct, FRACTIONS) == []
+    pets = occlusion.chance_level("oxford_pet")
+    assert occlusion.headroom_fractions(correct, FRACTIONS, chance=pets) == [0.1, 0.2, 0.3]
+
+
+def test_chance_level_refuses_an_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset='mnist'"):
+        occlusion.chance_level("mnist")
+
+
 def test_headroom_reads_the_requested_condition():
     correct = {(DENSE, s, "grid", "texture"): first_right([90, 90, 90, 90]) for s in (0, 1)}
     correct |= {(DENSE, s, "square", "zero"): first_right([90, 50, 5, 5]) for s in (0, 1)}

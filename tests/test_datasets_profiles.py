@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ersm.data import capabilities, load_split
 from ersm.experiments import common, mask_quality, occlusion

@@ -24,6 +24,8 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from ersm.checks import MIN_UNITS
+
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 NOT_CONVERGED = "INCONCLUSIVE (not converged)"  # rules v2: a claim whose models did not all converge (ersm.convergence)
 
@@ -99,7 +101,6 @@ def claims_markdown(rows: list[dict], digits: int = 2) -> str:
 # Used at the start of every claim function (ersm.experiments.*). They only raise; they change
 # nothing that a valid input computes.
 
-MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
 RULE_V2_INTERVAL = ("rules v2 interval (hull of the paired two-level bootstrap over seeds and test images, one image draw "
                     "shared by the drawn seeds, and the Student-t interval of the per-seed differences)")
 
@@ -192,52 +193,3 @@ def check_seed_pairs(frame, name: str, value: str, models: dict) -> None:
         check_seed_values(frame, name, value, arg, model)
 
 
-def check_units(name: str, values, n: int | None = None, allow_nan: bool = False) -> np.ndarray:
-    """A 1-D array of at least ``MIN_UNITS`` finite numbers (one per test image), of length ``n`` if given.
-
-    With ``allow_nan`` NaNs pass (the caller drops them) but inf does not.
-    """
-    try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D array of numbers, got {name} of type {type(values).__name__}") from None
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array (one value per test image), got {name} with shape {x.shape}")
-    if n is not None and x.size != n:
-        raise ValueError(f"{name} has {x.size} values, but the values it is paired with have {n}; "
-                         f"a paired comparison needs the same test images")
-    if x.size < MIN_UNITS:
-        raise ValueError(f"{name} has {x.size} value(s); a bootstrap interval over test images needs at least {MIN_UNITS}")
-    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} {'inf' if allow_nan else 'NaN or inf'} value(s) of {x.size}; "
-                         f"a claim needs finite scores")
-    return x
-
-
-def check_seed_images(name: str, values, shape: tuple | None = None, allow_nan: bool = False) -> np.ndarray:
-    """A float64 ``[S, N]`` array (seeds x the same test images) with ``S >= MIN_UNITS`` seeds and
-    ``N >= MIN_UNITS`` images, finite (with ``allow_nan``, NaN passes and the caller drops those
-    images; inf never does), and of ``shape`` if given (the array it is paired with).
-
-    The rules v2 interval (``ersm.metrics.hierarchical.paired_rule_v2_interval``) reads such arrays.
-    """
-    try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an [S, N] array of numbers (seeds x test images), "
-                         f"got {name} of type {type(values).__name__}") from None
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D [S, N] array (seeds x test images), got {name} with shape {x.shape}")
-    if shape is not None and x.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {x.shape}, but the array it is paired with has {tuple(shape)}; "
-                         f"a paired comparison needs the same seeds and the same test images")
-    if x.shape[0] < MIN_UNITS:
-        raise ValueError(f"{name} has {x.shape[0]} seed(s); the rules v2 interval needs at least {MIN_UNITS}")
-    if x.shape[1] < MIN_UNITS:
-        raise ValueError(f"{name} has {x.shape[1]} test image(s); an interval over images needs at least {MIN_UNITS}")
-    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} {'inf' if allow_nan else 'NaN or inf'} value(s) of {x.size}; "
-                         f"a claim needs finite scores")
-    return x

@@ -267,12 +267,12 @@ def test_interval_hull_refuses_bad_intervals(intervals, match):
 # ----------------------------------------------------------------------------- input checks
 
 @pytest.mark.parametrize("values, match", [
-    (np.zeros(10), r"values must be 2-D"),
+    (np.zeros(10), r"values must be a 2-D \[S, N\] array"),
     (np.zeros((1, 10)), r"values has 1 seed"),
     (np.zeros((3, 1)), r"values has 1 test image"),
     (np.array([[0.0, np.nan], [1.0, 1.0]]), r"values has 1 NaN"),
     ([[0.0, 1.0, 1.0], [1.0, 1.0]], r"values must be an \[S, N\] array"),
-    ((np.zeros((3, 4)), np.zeros((3, 5))), r"values\[1\] has shape \(3, 5\)"),
+    ((np.zeros((3, 4)), np.zeros((3, 5))), r"values\[1\] has shape \(3, 5\), but values\[0\] has \(3, 4\)"),
     ((), "empty tuple"),
 ])
 def test_bad_values_are_refused_by_name(values, match):

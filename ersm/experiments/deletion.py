@@ -38,7 +38,8 @@ from ersm.experiments.rankings import ENERGY, MAGNITUDE, MASK, StageView
 from ersm.metrics.deletion import feature_curves, input_curves, trapezoid_auc
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.stats import paired_bootstrap
-from ersm.verdicts import MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_n_boot, check_units, superiority
+from ersm.checks import check_units
+from ersm.verdicts import MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_n_boot, superiority
 
 # (space, order, mode, fill) -> +1 if a larger area is better, -1 if smaller is better
 PROTOCOLS = {

@@ -29,8 +29,9 @@ from ersm.data import capabilities
 from ersm.experiments import common
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
+from ersm.checks import check_seed_images
 from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, RULE_V2_INTERVAL, SUPPORTED, Claim, check_distinct,
-                           check_member, check_n_boot, check_seed_images, superiority)
+                           check_member, check_n_boot, superiority)
 
 METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "pixel AUROC", "top-k IoU")
 PRIMARY_METRIC = "pixel AUROC"

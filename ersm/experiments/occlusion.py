@@ -38,8 +38,9 @@ from ersm.experiments import common
 from ersm.experiments.common import DENSE
 from ersm.inference import predict
 from ersm.metrics.hierarchical import mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval
+from ersm.checks import check_seed_images
 from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, RULE_V2_INTERVAL, Claim, _sorted, check_distinct, check_member,
-                           check_n_boot, check_number, check_seed_images, superiority)
+                           check_n_boot, check_number, superiority)
 
 KINDS = ("square", "object", "grid")
 FILLS = ("zero", "texture")

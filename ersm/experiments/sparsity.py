@@ -49,6 +49,7 @@ from ersm.inference import predict
 from ersm.layer import energy_masks
 from ersm.metrics.hierarchical import paired_rule_v2_interval, seed_t_interval
 from ersm.metrics.stats import coefficient_of_variation
+from ersm.checks import check_seed_images
 from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, SUPPORTED, Claim, check_distinct, check_frame,
                             check_member, check_seed_pairs, superiority)
 
@@ -364,11 +365,8 @@ def emergence_claim(per_image: dict, treatment: str, control: str, n_boot: int, 
     check_member("treatment", treatment, per_image, "per_image")
     check_member("control", control, per_image, "per_image")
     check_distinct("treatment", treatment, "control", control)
-    a = _check_per_image(per_image, treatment)
-    b = _check_per_image(per_image, control)
-    if a.shape != b.shape:
-        raise ValueError(f"per_image[{treatment!r}] has shape {a.shape} but per_image[{control!r}] has {b.shape}; "
-                         "the claim pairs seeds by row and test images by column")
+    a = check_seed_images(f"per_image[{treatment!r}]", per_image[treatment])
+    b = check_seed_images(f"per_image[{control!r}]", per_image[control], shape=a.shape, paired_with=f"per_image[{treatment!r}]")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot={n_boot!r} must be an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -496,20 +494,3 @@ def _check_mask(mask, name: str) -> torch.Tensor:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"{name} must be a tensor [N, 1, h, w] or [N, h, w] with N >= 1, got {name} with shape {shape}")
     return mask
-
-
-def _check_per_image(per_image: dict, model: str) -> np.ndarray:
-    label = f"per_image[{model!r}]"
-    try:
-        x = np.asarray(per_image[model], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label} must be an [S, N] array of numbers (seeds x test images)") from None
-    if x.ndim != 2:
-        raise ValueError(f"{label} must be 2-D [S, N] (seeds x test images), got shape {x.shape}")
-    if x.shape[0] < MIN_UNITS:
-        raise ValueError(f"{label} has {x.shape[0]} seed(s); an interval over seeds needs at least {MIN_UNITS}")
-    if x.shape[1] < MIN_UNITS:
-        raise ValueError(f"{label} has {x.shape[1]} test image(s); an interval over images needs at least {MIN_UNITS}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{label} has {int((~np.isfinite(x)).sum())} NaN or inf value(s) of {x.size}; a claim needs every value")
-    return x

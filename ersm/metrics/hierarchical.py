@@ -44,6 +44,7 @@ import math
 
 import numpy as np
 
+from ersm.checks import check_seed_images
 from ersm.metrics.stats import _check_level, _check_n_boot, _percentiles, mean_ci
 
 _CHUNK_VALUES = 2_000_000  # resampled values per array held at once (16 MB of float64)
@@ -213,31 +214,15 @@ def _apply(statistic, arrays, b: int) -> np.ndarray:
 
 
 def _as_arrays(name: str, values) -> list[np.ndarray]:
-    """A non-empty list of finite float64 ``[S, N]`` arrays of one shape, ``S >= 2``, ``N >= 2``."""
+    """A non-empty list of finite float64 ``[S, N]`` arrays of one shape, ``S >= 2``, ``N >= 2``
+    (``ersm.checks.check_seed_images`` on each)."""
     parts = list(values) if isinstance(values, tuple) else [values]
     if not parts:
         raise ValueError(f"{name} is an empty tuple; pass an [S, N] array or a tuple of them")
     out = []
     for j, part in enumerate(parts):
         label = name if len(parts) == 1 and not isinstance(values, tuple) else f"{name}[{j}]"
-        try:
-            x = np.asarray(part, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{label} must be an [S, N] array of numbers (seeds x test images), or a list of "
-                             f"per-seed arrays of equal length") from None
-        if x.ndim != 2:
-            raise ValueError(f"{label} must be 2-D [S, N] (seeds x test images), got shape {x.shape}")
-        if x.shape[0] < 2:
-            raise ValueError(f"{label} has {x.shape[0]} seed(s); an interval over seeds needs at least 2")
-        if x.shape[1] < 2:
-            raise ValueError(f"{label} has {x.shape[1]} test image(s); an interval over images needs at least 2")
-        if out and x.shape != out[0].shape:
-            raise ValueError(f"{label} has shape {x.shape} but {name}[0] has {out[0].shape}; "
-                             f"arrays resampled together must pair seeds and images")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{label} has {int((~np.isfinite(x)).sum())} NaN or inf value(s); drop those images "
-                             f"from every seed and arm first")
-        out.append(x)
+        out.append(check_seed_images(label, part, shape=out[0].shape if out else None, paired_with=f"{name}[0]"))
     return out
 
 

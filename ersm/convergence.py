@@ -40,6 +40,12 @@ def longer_config(config: TrainConfig) -> TrainConfig:
     return config.replace(epochs=math.ceil(LONGER * config.epochs))
 
 
+def longer_runs(configs: dict[str, list[TrainConfig]]) -> dict[str, list[TrainConfig]]:
+    """``"<family> (longer)"`` -> ``[longer_config(first seed)]`` for every family of ``configs``: the
+    runs ``assess`` trains (when the family's seeds fit), e.g. for their provenance."""
+    return {f"{name} (longer)": [longer_config(runs[0])] for name, runs in configs.items()}
+
+
 def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainConfig], list[dict]] | None = None) -> pd.DataFrame:
     """One row per ``(model, seed)``: the convergence rule's inputs and its outcome.
 

@@ -7,7 +7,11 @@ comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``v
 ``torchrun`` (``ersm.distributed``), every worker runs the same call and rank 0 alone writes.
 
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
-  ``metrics.jsonl`` (one JSON line per epoch) and a verified checkpoint (``ersm.checkpoint``).
+  ``metrics.jsonl`` (one JSON line per epoch), a verified checkpoint (``ersm.checkpoint``) and
+  ``sessions.jsonl``: one line when a training session starts (the epoch it resumes from, the
+  device, the CPU model, the kernels in force, the UTC time) and one when it ends (its wall time).
+  A long run that resumes across machines thus says which machine trained which epochs; a
+  session killed before its end has no end line.
 - A run stopped mid-way resumes from its last finished epoch and ends with the same weights as
   an uninterrupted run: every epoch's shuffling and augmentation come from a generator seeded
   by ``(seed, epoch)``, so nothing but the checkpoint has to be restored.
@@ -22,15 +26,17 @@ comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``v
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
+import time
 
 import torch
 from torch import nn
 
 from ersm.augment import cutout
-from ersm import distributed
+from ersm import distributed, numerics
 from ersm.checkpoint import load_checkpoint
 from ersm.config import DEFAULT_DATASET, TrainConfig
 from ersm.data import evaluation_set, load_split, split_metadata, training_set
@@ -38,6 +44,8 @@ from ersm.engine import fit
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
 from ersm.seeding import seed_everything
+
+SESSIONS = "sessions.jsonl"
 
 
 def training_data(config: TrainConfig):
@@ -116,6 +124,8 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1, sort_keys=True))
+        _log_session(run_dir, event="start", from_epoch=_finished_epochs(run_dir), **machine_facts(device))
+    started = time.perf_counter()
     fitted = fit(model, data, epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
                  batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
                  weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
@@ -123,7 +133,39 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
                  checkpoint_extra={"config": config.to_dict()}, name=f"{config.model} seed {config.seed} "
                  f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch,
                  num_workers=0 if digits else loader_workers(device))
+    if distributed.is_main():
+        _log_session(run_dir, event="end", epoch=_finished_epochs(run_dir), wall_seconds=round(time.perf_counter() - started, 1))
     return fitted.model
+
+
+def machine_facts(device: torch.device) -> dict:
+    """What trains: the device, the CPU model, the kernel mode and ATen's capability, threads and processes."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu_model": numerics.cpu_model(), "kernels": numerics.kernel_mode() if device.type == "cpu" else None,
+            "aten_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "world_size": distributed.world()[1]}
+
+
+def training_sessions(config: TrainConfig) -> list[dict]:
+    """The ``sessions.jsonl`` records of ``config``'s cache entry (``[]`` for a model trained before they existed)."""
+    path = cache_dir() / config.digest() / SESSIONS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _finished_epochs(run_dir) -> int:
+    try:
+        return int(json.loads((run_dir / "checkpoint.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _log_session(run_dir, **record) -> None:
+    record = {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **record}
+    path = run_dir / SESSIONS
+    previous = path.read_text() if path.exists() else ""
+    atomic_write_text(path, previous + json.dumps(record, sort_keys=True) + "\n")
 
 
 def _cutout(images: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:

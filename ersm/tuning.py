@@ -94,6 +94,14 @@ def trial_configs(base: TrainConfig, family: str, trials: int, recipe: dict | No
     return [base.replace(model=family, seed=TRIAL_SEED, **recipe, **setting) for setting in trial_settings(family, trials)]
 
 
+def trials_by_family(base: TrainConfig, trials: int, selected: dict[str, dict],
+                     families=("paper", "calibrated", "meanfield", "hardconcrete")) -> dict[str, list[TrainConfig]]:
+    """``"<family> trials"`` -> the trial configs ``tune`` trained (ERSM families with dense's selected recipe)."""
+    recipe = {k: selected["dense"][k] for k in SPACES["dense"]}
+    return {f"{family} trials": trial_configs(base, family, trials, None if family == "dense" else recipe)
+            for family in ("dense", *families)}
+
+
 def select(scores: list[float]) -> int:
     """Index of the highest validation accuracy, the lower index on ties; NaN is refused."""
     values = np.asarray(scores, dtype=np.float64)

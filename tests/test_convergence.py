@@ -82,6 +82,14 @@ def test_longer_config_rounds_up():
     assert convergence.longer_config(BASE.replace(epochs=5)).epochs == math.ceil(7.5) == 8
 
 
+def test_longer_runs_are_the_first_seed_of_each_family_at_the_longer_budget():
+    history_of, calls = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9)})
+    convergence.assess(configs(), history_of)
+    longer = convergence.longer_runs(configs())
+    assert list(longer) == ["paper (longer)"]
+    assert [(c.model, c.seed, c.epochs) for c in longer["paper (longer)"]] == [calls[-1]] == [("paper", 0, 6)]
+
+
 def test_gate_verdict_for_an_overall_line():
     history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.2, 0.9)})
     table = convergence.assess(configs("paper"), history_of)

@@ -121,6 +121,31 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, recipe):
     assert history(tmp_path / "a") == history(tmp_path / "b")
 
 
+def test_sessions_say_which_machine_trained_which_epochs(tmp_path, monkeypatch):
+    config = TINY.replace(epochs=3)
+    monkeypatch.setattr(ersm.numerics, "cpu_model", lambda: "first CPU")
+    ersm.train.train(config, cache_dir() / config.digest(), stop_after_epoch=1)   # a session that ends after epoch 1
+    monkeypatch.setattr(ersm.numerics, "cpu_model", lambda: "second CPU")
+    ersm.train.get_model(config)                                                   # resumed elsewhere
+    ersm.train.get_model(config)                                                   # a cache hit trains nothing
+    sessions = ersm.train.training_sessions(config)
+    assert [(s["event"], s.get("from_epoch", s.get("epoch"))) for s in sessions] == [("start", 0), ("end", 1), ("start", 1), ("end", 3)]
+    assert [s["cpu_model"] for s in sessions if s["event"] == "start"] == ["first CPU", "second CPU"]
+    start = sessions[0]
+    assert start["device"] == "cpu" and start["kernels"] == ersm.numerics.kernel_mode() and start["world_size"] == 1
+    assert start["aten_capability"] == torch.backends.cpu.get_cpu_capability() and start["utc"].endswith("+00:00")
+    assert all(s["wall_seconds"] >= 0 for s in sessions if s["event"] == "end")
+    assert ersm.train.training_sessions(TINY.replace(seed=9)) == []  # never trained: no records
+
+    from ersm.experiments.common import trained_on
+    (record,) = trained_on({"paper": [config, config.replace(seed=9)]})   # the untrained seed 9 is left out
+    assert record["machines"] == [f"cpu: first CPU, {ersm.numerics.kernel_mode()} kernels",
+                                  f"cpu: second CPU, {ersm.numerics.kernel_mode()} kernels"]
+    assert record["sessions"] == 2 and record["config"] == config.digest() and record["seed"] == 0
+    (cache_dir() / config.digest() / ersm.train.SESSIONS).unlink()   # a model trained before the records existed
+    assert trained_on({"paper": [config]})[0]["machines"] == ["not recorded"]
+
+
 # --- corrupt checkpoints -----------------------------------------------------------------------
 
 def flip_bytes(run_dir):

@@ -59,6 +59,9 @@ def test_tune_shares_dense_recipe_and_selects_on_validation_only():
     assert selected["paper"]["beta"] == paper.loc[paper.val_accuracy.idxmax(), "beta"]
     assert grid.selected.sum() == 2 and len(grid) == 16
     assert all(c.seed == tuning.TRIAL_SEED and c.epochs == BASE.epochs for c in seen)
+    by_family = tuning.trials_by_family(BASE, 8, selected, families=("paper",))
+    assert [c for runs in by_family.values() for c in runs] == seen   # what tune trained, nothing else
+    assert list(by_family) == ["dense trials", "paper trials"]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

@@ -12,7 +12,7 @@ import pandas as pd
 from ersm.config import DATASETS, TrainConfig
 from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
 from ersm.metrics.stats import mean_ci
-from ersm.train import get_model, is_cached, test_data, training_history
+from ersm.train import get_model, is_cached, test_data, training_history, training_sessions
 
 DENSE, CUTOUT = "dense", "dense + Cutout"
 PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE = "ERSM paper", "ERSM calibrated", "ERSM meanfield", "ERSM hardconcrete"
@@ -101,6 +101,27 @@ def histories(configs: dict[str, list[TrainConfig]]) -> pd.DataFrame:
     rows = [{"model": name, "seed": config.seed, **record}
             for name, runs in configs.items() for config in runs for record in training_history(config)]
     return pd.DataFrame(rows)
+
+
+def trained_on(configs: dict[str, list[TrainConfig]]) -> list[dict]:
+    """Per cached model of ``configs``: the machines that trained it, from its ``sessions.jsonl``
+    (``ersm.train.training_sessions``). One record per ``(model, seed)``: ``config`` (the cache
+    hash), ``machines`` (e.g. ``"cpu: <CPU model>, native kernels"``; ``["not recorded"]`` for a
+    model trained before the records existed), ``sessions`` and ``train_seconds`` (the sum of the
+    finished sessions' wall times). Configs not in the cache are left out."""
+    rows = []
+    for name, runs in configs.items():
+        for config in runs:
+            if not is_cached(config):
+                continue
+            sessions = training_sessions(config)
+            starts = [s for s in sessions if s["event"] == "start"]
+            machines = sorted({s["device"] if s["device"] != "cpu" else f"cpu: {s['cpu_model']}, {s['kernels']} kernels"
+                               for s in starts}) or ["not recorded"]
+            rows.append({"model": name, "seed": config.seed, "epochs": config.epochs, "config": config.digest(),
+                         "machines": machines, "sessions": len(starts),
+                         "train_seconds": round(sum(s["wall_seconds"] for s in sessions if s["event"] == "end"), 1)})
+    return rows
 
 
 def summarise(frame: pd.DataFrame, value: str, by: str = "model") -> pd.DataFrame:

@@ -106,8 +106,8 @@ def histories(configs: dict[str, list[TrainConfig]]) -> pd.DataFrame:
 def trained_on(configs: dict[str, list[TrainConfig]]) -> list[dict]:
     """Per cached model of ``configs``: the machines that trained it, from its ``sessions.jsonl``
     (``ersm.train.training_sessions``). One record per ``(model, seed)``: ``config`` (the cache
-    hash), ``machines`` (e.g. ``"cpu: <CPU model>, native kernels"``; ``["not recorded"]`` for a
-    model trained before the records existed), ``sessions`` and ``train_seconds`` (the sum of the
+    hash), ``machines`` (e.g. ``"cpu: <CPU model>, native kernels"``, and ``"not recorded"`` where epochs
+    were trained before the records existed), ``sessions`` and ``train_seconds`` (the sum of the
     finished sessions' wall times). Configs not in the cache are left out."""
     rows = []
     for name, runs in configs.items():
@@ -117,7 +117,9 @@ def trained_on(configs: dict[str, list[TrainConfig]]) -> list[dict]:
             sessions = training_sessions(config)
             starts = [s for s in sessions if s["event"] == "start"]
             machines = sorted({s["device"] if s["device"] != "cpu" else f"cpu: {s['cpu_model']}, {s['kernels']} kernels"
-                               for s in starts}) or ["not recorded"]
+                               for s in starts})
+            if not starts or min(s["from_epoch"] for s in starts) > 0:   # some epochs were trained before the records
+                machines.append("not recorded")
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs, "config": config.digest(),
                          "machines": machines, "sessions": len(starts),
                          "train_seconds": round(sum(s["wall_seconds"] for s in sessions if s["event"] == "end"), 1)})

@@ -35,7 +35,10 @@ notebooks: install
 	$(PYTHON) -m ersm reproduce --profile ci --inplace
 	$(PYTHON) -m ersm table --profile ci --readme
 
+## make full [JOBS=N]: train every model of the full profile (N at once on a GPU), then run the notebooks
+JOBS ?= 1
 full: install
+	$(PYTHON) -m ersm warm --profile full --jobs $(JOBS)
 	$(PYTHON) -m ersm reproduce --profile full
 	$(PYTHON) -m ersm table --profile full --readme
 

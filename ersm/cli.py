@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
     reproduce.add_argument("--only", help="run only notebooks whose name starts with this, e.g. 03")
     reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
+    warm = commands.add_parser("warm", help="train every model a profile's notebooks need, ahead of `reproduce` "
+                                            "(--jobs N: N at once, for a GPU)")
+    warm.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
+    warm.add_argument("--jobs", type=int, default=1, help="models trained at once (worker processes); 1 on a CPU")
     table = commands.add_parser("table", help="print the claims table of one profile's results (with each notebook's commit)")
     table.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
     table.add_argument("--readme", action="store_true", help="also write it between the README's claims markers")
@@ -69,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.reproduce import reproduce
 
             print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
+        elif args.command == "warm":
+            from ersm.plan import warm
+
+            print(f"[ersm warm] {args.profile}: {warm(args.profile, jobs=args.jobs)} models trained")
         elif args.command == "table":
             from ersm.reproduce import claims_table, update_readme
 

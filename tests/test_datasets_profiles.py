@@ -4,8 +4,9 @@ CIFAR-10 fixture files (real on-disk format) under a temporary ERSM_HOME / ERSM_
 
 The end-to-end runs keep the cifar10 profile's DATASET but swap the ResNet-18 for a width-4
 SmallCNN to stay in the time budget (the CIFAR-stem ResNet-18 itself trains on the fixture in
-tests/test_engine.py). All five notebooks run through papermill: 37 s on a quiet 2-core CPU
-(about 3x that while another process trains).
+tests/test_engine.py). ``ersm warm`` trains the profile's models, then all five notebooks run
+through papermill and must train nothing more: about 45 s on a quiet 2-core CPU (about 3x that
+while another process trains).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from ersm.data import capabilities, load_split
 from ersm.experiments import common, mask_quality, occlusion
 from ersm.profiles import COMMON, PROFILE_NAMES, SPECIFIC, parameters, validate
+from ersm.plan import warm
 from ersm.reproduce import declared_parameters, reproduce
 from helpers.fixtures import write_cifar, write_pet
 
@@ -171,9 +173,18 @@ def check_records(home: Path, stems: list[str]) -> dict:
     return records
 
 
-def test_reproduce_cifar10_runs_all_five_notebooks_end_to_end(cifar_home):
-    """Every notebook through ``reproduce(profile="cifar10")`` by papermill (37 s on a quiet 2-core CPU)."""
+def cache_state(home: Path) -> dict:
+    """Cache entry -> its checkpoint manifest (the epoch and the checkpoint's hash)."""
+    return {path.parent.name: path.read_text() for path in (home / "runs" / "cache").glob("*/checkpoint.json")}
+
+
+def test_warm_then_reproduce_cifar10_runs_all_five_notebooks_training_nothing_more(cifar_home):
+    """``warm`` trains every model of the profile; then every notebook runs through
+    ``reproduce(profile="cifar10")`` by papermill and trains nothing (45 s on a quiet 2-core CPU)."""
+    assert warm("cifar10", parameters_for=tiny_cifar10) > 0
+    warmed = cache_state(cifar_home)
     claims = reproduce("cifar10", notebooks_dir=ROOT / "notebooks", parameters_for=tiny_cifar10)
+    assert cache_state(cifar_home) == warmed, "a notebook trained a model that ersm.plan does not list"
     records = check_records(cifar_home, [p.stem for p in NOTEBOOKS])
     assert all(stem in claims.read_text() for stem in ("01_training", "03_occlusion_robustness", "04_deletion_vs_magnitude"))
     assert records["02_emergent_sparsity"]["claims"] and records["04_deletion_vs_magnitude"]["claims"]

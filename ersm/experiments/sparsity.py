@@ -268,6 +268,14 @@ FRAME_COLUMNS = ("mean_mask", "mean_sparsity", "kept_mass_cv", "spatial_cv", "me
                  "skipped_share")
 
 
+def sweep_configs(base, sweep: dict[str, list], seed: int) -> dict[str, list]:
+    """Notebook 02's one-factor sweep: ``"<field>=<value>"`` -> ``[the paper's layer at seed
+    ``seed`` with that one field changed from ``base``]``, for every value of every field of ``sweep``."""
+    if not isinstance(sweep, dict) or any(not isinstance(values, list) for values in sweep.values()):
+        raise ValueError(f"sweep={sweep!r} must map config fields to lists of values")
+    return {f"{key}={value}": [base.replace(model="paper", seed=seed, **{key: value})] for key, values in sweep.items() for value in values}
+
+
 def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.Tensor) -> MaskFrame:
     """Per (model, seed): the v2 sparsity statistics of the model's masks on ``images``.
 

@@ -5,7 +5,7 @@ CIFAR-10 fixture files (real on-disk format) under a temporary ERSM_HOME / ERSM_
 The end-to-end runs keep the cifar10 profile's DATASET but swap the ResNet-18 for a width-4
 SmallCNN to stay in the time budget (the CIFAR-stem ResNet-18 itself trains on the fixture in
 tests/test_engine.py). ``ersm warm`` trains the profile's models, then all five notebooks run
-through papermill and must train nothing more: about 45 s on a quiet 2-core CPU (about 3x that
+through papermill and must train nothing more: 38 s on a quiet 2-core CPU (about 3x that
 while another process trains).
 """
 from __future__ import annotations
@@ -180,7 +180,7 @@ def cache_state(home: Path) -> dict:
 
 def test_warm_then_reproduce_cifar10_runs_all_five_notebooks_training_nothing_more(cifar_home):
     """``warm`` trains every model of the profile; then every notebook runs through
-    ``reproduce(profile="cifar10")`` by papermill and trains nothing (45 s on a quiet 2-core CPU)."""
+    ``reproduce(profile="cifar10")`` by papermill and trains nothing (38 s on a quiet 2-core CPU)."""
     assert warm("cifar10", parameters_for=tiny_cifar10) > 0
     warmed = cache_state(cifar_home)
     claims = reproduce("cifar10", notebooks_dir=ROOT / "notebooks", parameters_for=tiny_cifar10)

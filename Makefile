@@ -35,9 +35,11 @@ notebooks: install
 	$(PYTHON) -m ersm reproduce --profile ci --inplace
 	$(PYTHON) -m ersm table --profile ci --readme
 
-## make full [JOBS=N]: train every model of the full profile (N at once on a GPU), then run the notebooks
+## make full [JOBS=N]: train every model of the full profile (N at once on a GPU), then run the notebooks;
+## the models committed under models/full (ersm/archive.py) are imported first and not trained again
 JOBS ?= 1
 full: install
+	test ! -d models/full || $(PYTHON) -m ersm models import models/full
 	$(PYTHON) -m ersm warm --profile full --jobs $(JOBS)
 	$(PYTHON) -m ersm reproduce --profile full
 	$(PYTHON) -m ersm table --profile full --readme

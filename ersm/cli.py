@@ -1,4 +1,5 @@
-"""Command line: ``ersm train``, ``reproduce``, ``table``, ``bench``, ``fingerprint``, ``check-portable`` (also ``python -m ersm``)."""
+"""Command line: ``ersm train``, ``reproduce``, ``warm``, ``models``, ``table``, ``bench``, ``fingerprint``,
+``check-portable`` (also ``python -m ersm``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(--jobs N: N at once, for a GPU)")
     warm.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
     warm.add_argument("--jobs", type=int, default=1, help="models trained at once (worker processes); 1 on a CPU")
+    models = commands.add_parser("models", help="copy finished models between the cache and a folder (ersm/archive.py): "
+                                                "export to keep them past this machine, import to use them")
+    models.add_argument("direction", choices=("export", "import"))
+    models.add_argument("folder", type=Path, help="the folder of exported models, e.g. models/full")
     table = commands.add_parser("table", help="print the claims table of one profile's results (with each notebook's commit)")
     table.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
     table.add_argument("--readme", action="store_true", help="also write it between the README's claims markers")
@@ -77,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.plan import warm
 
             print(f"[ersm warm] {args.profile}: {warm(args.profile, jobs=args.jobs)} models trained")
+        elif args.command == "models":
+            from ersm.archive import export_models, import_models
+
+            copy = export_models if args.direction == "export" else import_models
+            print(f"[ersm models] {args.direction} {args.folder}: {copy(args.folder).summary()}")
         elif args.command == "table":
             from ersm.reproduce import claims_table, update_readme
 

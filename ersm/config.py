@@ -186,10 +186,17 @@ class TrainConfig:
         """The device this config trains and evaluates on (``device`` resolved on this machine)."""
         return resolve_device(self.device)
 
-    def digest(self) -> str:
-        """Short stable hash of the weight fields, CACHE_VERSION, torch version, device kind and CPU kernels."""
-        device = self.torch_device().type
-        kernels = numerics.kernel_mode() if device == "cpu" else None
+    def digest(self, machine: tuple[str, str | None] | None = None) -> str:
+        """Short stable hash of the weight fields, CACHE_VERSION, torch version, device kind and CPU kernels.
+
+        ``machine``: ``(device kind, CPU kernels)`` of another machine, e.g. ``("cpu", "native")``
+        or ``("cuda", None)``: the key this config has there (default: this machine's).
+        """
+        if machine is None:
+            device = self.torch_device().type
+            kernels = numerics.kernel_mode() if device == "cpu" else None
+        else:
+            device, kernels = machine
         payload = json.dumps({"version": CACHE_VERSION, "torch": torch.__version__, "device": device, "kernels": kernels,
                               **self.weight_fields()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -68,7 +68,7 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
         for rho, name in dict.fromkeys(wanted):
             spurious[f"{name}, rho={rho}"] = common.family(base.replace(background_label_correlation=rho), seeds, [name],
                                                           selected)[name]
-    sweep = sparsity.sweep_configs(base, sweep_params["SWEEP"], sweep_params["SWEEP_SEED"])
+    sweep = sparsity.sweep_configs(base, sweep_params["SWEEP"], sweep_params["SWEEP_SEED"], recipe=selected["dense"])
     yield "final models", [c for group in (finals, sweep, spurious) for runs in group.values() for c in runs]
     fitting = {name: runs for name, runs in {**finals, **spurious}.items()
                if all(_final_cross_entropy(config) < convergence.CE_MAX for config in runs)}

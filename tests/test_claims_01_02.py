@@ -580,3 +580,23 @@ def test_the_good_inputs_behind_the_bad_ones_give_verdicts():
     assert len(accuracy.power_table(good_accuracy(), [ERSM_NAME], 1.0)) == 1
     assert emergence(frame=degeneracy_frame(per_image=good_arms())).verdict == SUPPORTED
     assert adaptivity()[1] == SUPPORTED
+
+
+def test_sweep_is_one_factor_from_the_paper_default_at_the_shared_recipe():
+    from ersm.config import TrainConfig
+
+    base = TrainConfig(n_train=96, n_val=64, n_test=64, epochs=2)
+    recipe = {"lr": 0.004, "weight_decay": 0.002}
+    sweep = sparsity.sweep_configs(base, {"lambda_unary": [0.2, 5.0], "beta": [5.0]}, seed=3, recipe=recipe)
+    assert list(sweep) == ["paper default", "lambda_unary=0.2", "lambda_unary=5.0", "beta=5.0"]
+    anchor = sweep["paper default"][0]
+    assert (anchor.model, anchor.seed, anchor.lambda_unary, anchor.lambda_pair, anchor.beta) == ("paper", 3, 1.0, 1.0, 1.0)
+    assert all(c.lr == 0.004 and c.weight_decay == 0.002 for runs in sweep.values() for c in runs)
+    changed = {name: {k for k, v in runs[0].to_dict().items() if v != anchor.to_dict()[k]} for name, runs in sweep.items()}
+    assert changed == {"paper default": set(), "lambda_unary=0.2": {"lambda_unary"}, "lambda_unary=5.0": {"lambda_unary"},
+                       "beta=5.0": {"beta"}}
+    assert sparsity.sweep_configs(base, {}, 0)["paper default"][0].lr == base.lr   # without a recipe: the base's
+    with pytest.raises(ValueError, match="recipe=.*momentum"):
+        sparsity.sweep_configs(base, {}, 0, recipe={"momentum": 0.9})
+    with pytest.raises(ValueError, match="sweep="):
+        sparsity.sweep_configs(base, {"beta": 5.0}, 0)

@@ -53,7 +53,8 @@ def test_the_full_profile_plan(monkeypatch):
     assert len(phases["dense trials"]) == 8 and len(phases["ERSM trials"]) == 4 * 8
     assert {c.model for c in phases["ERSM trials"]} == {"paper", "calibrated", "meanfield", "hardconcrete"}
     finals = {c.digest(): c for c in phases["final models"]}
-    # 10 families x 5 seeds, the sweep's 4 models (lambda_unary 0.2 and 5, lambda_pair 0, beta 5),
+    # 10 families x 5 seeds, the sweep's 4 models (lambda_unary 0.2 and 5, lambda_pair 0, beta 5; its anchor, the paper's
+    # default at seed 0, is the selected ERSM paper seed 0 here, where every ERSM trial ties and trial 0 is selected),
     # 9 families x 3 rhos x 5 seeds on spurious splits
     assert len(finals) == 50 + 4 + 135
     assert sorted({c.background_label_correlation for c in finals.values()}) == [0.0, 0.5, 0.7, 0.9]
@@ -72,13 +73,14 @@ def test_the_plan_applies_the_tuning_selection(monkeypatch):
     phases = dict(plan.phases("full"))
     best_lr = max(c.lr for c in phases["dense trials"])
     base = plan.base_of(parameters("01_training", "full"))
-    sweep = {c.digest() for runs in sparsity.sweep_configs(base, {"beta": [5.0], "lambda_unary": [0.2, 5.0], "lambda_pair": [0.0]}, 0).values()
-             for c in runs}
-    assert sweep < {c.digest() for c in phases["final models"]}   # notebook 02's sweep keeps the default recipe
-    assert all(c.lr == best_lr for c in phases["ERSM trials"] + phases["final models"] if c.digest() not in sweep)
     selected, _ = tuning.tune(base, 8)
+    sweep = {c.digest(): c for runs in sparsity.sweep_configs(base, {"beta": [5.0], "lambda_unary": [0.2, 5.0], "lambda_pair": [0.0]},
+                                                              0, recipe=selected["dense"]).values() for c in runs}
+    assert set(sweep) < {c.digest() for c in phases["final models"]}
+    assert all(c.lr == best_lr for c in phases["ERSM trials"] + phases["final models"])   # the sweep too: one recipe
     paper = [c for c in phases["final models"] if c.model == "paper" and c.beta > 0 and c.digest() not in sweep]
     assert paper and all(c.lambda_unary == selected["paper"]["lambda_unary"] for c in paper)
+    assert sweep[sparsity.sweep_configs(base, {}, 0, recipe=selected["dense"])["paper default"][0].digest()].beta == 1.0
     assert phases["longer runs"] == []   # nothing fits: no longer run
 
 

@@ -268,12 +268,22 @@ FRAME_COLUMNS = ("mean_mask", "mean_sparsity", "kept_mass_cv", "spatial_cv", "me
                  "skipped_share")
 
 
-def sweep_configs(base, sweep: dict[str, list], seed: int) -> dict[str, list]:
-    """Notebook 02's one-factor sweep: ``"<field>=<value>"`` -> ``[the paper's layer at seed
-    ``seed`` with that one field changed from ``base``]``, for every value of every field of ``sweep``."""
+def sweep_configs(base, sweep: dict[str, list], seed: int, recipe: dict | None = None) -> dict[str, list]:
+    """Notebook 02's one-factor sweep around the paper's default (``lambda_unary = lambda_pair = beta = 1``).
+
+    Returns ``"paper default"`` -> ``[the paper's layer at seed ``seed``]`` and, for every value of
+    every field of ``sweep``, ``"<field>=<value>"`` -> ``[the same with that one field changed]``.
+    ``recipe`` (the shared recipe that ``ersm.tuning`` selects on dense: ``lr``, ``weight_decay``)
+    is applied to every row, so the sweep trains like every other model of the notebook; the
+    anchor is then the paper family's tuning trial 0 when ``seed`` is ``ersm.tuning.TRIAL_SEED``.
+    """
     if not isinstance(sweep, dict) or any(not isinstance(values, list) for values in sweep.values()):
         raise ValueError(f"sweep={sweep!r} must map config fields to lists of values")
-    return {f"{key}={value}": [base.replace(model="paper", seed=seed, **{key: value})] for key, values in sweep.items() for value in values}
+    if recipe is not None and (not isinstance(recipe, dict) or set(recipe) - {"lr", "weight_decay"}):
+        raise ValueError(f"recipe={recipe!r} must be a dict of lr and weight_decay (ersm.tuning's dense selection)")
+    default = base.replace(model="paper", seed=seed, lambda_unary=1.0, lambda_pair=1.0, beta=1.0, **(recipe or {}))
+    return {"paper default": [default],
+            **{f"{key}={value}": [default.replace(**{key: value})] for key, values in sweep.items() for value in values}}
 
 
 def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.Tensor) -> MaskFrame:

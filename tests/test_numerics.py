@@ -92,9 +92,10 @@ def test_torch_used_before_ersm_gives_a_loud_warning_not_a_silent_unpinned_run()
 @portable_here
 def test_check_portable_follows_the_fingerprint_and_explains_itself_in_one_line_in_native_mode():
     here = run_python("import sys; from ersm.cli import main; sys.exit(main(['check-portable']))")
-    same = fingerprint.weights_hash() == fingerprint.REFERENCE.get(torch.__version__, fingerprint.weights_hash())
+    got = fingerprint.weights_hash()
+    same = got == fingerprint.REFERENCE.get(torch.__version__, got)
     assert here.returncode == (0 if same else 3), here.stdout + here.stderr
-    assert here.stdout == ("" if same else fingerprint.reference_problem() + "\n")
+    assert here.stdout == ("" if same else fingerprint.reference_problem(got) + "\n")
     result = run_python("import sys; from ersm.cli import main; sys.exit(main(['check-portable']))", ERSM_KERNELS="native")
     assert result.returncode == 3
     lines = result.stdout.strip().splitlines()

@@ -2,9 +2,10 @@
 
 ``ci`` equals the parameter defaults written in each notebook's ``parameters`` cell (a test
 checks it), so ``pytest --nbval notebooks/`` re-executes exactly what was committed. It is a
-smoke test of the code path, sized to keep the notebook suite well under 20 minutes on a 2-core
-CPU with the portable kernels (``ersm/numerics.py``, about 2.5x slower than native ones): two
-seeds, 1,500 training images, a width-16 SmallCNN, one tuning trial (the default config),
+smoke test of the code path, sized to keep the notebook suite under 20 minutes on the slowest
+2-core CPU measured (an AMD EPYC) with the portable kernels (``ersm/numerics.py``, about 2.5x
+slower than native ones): two seeds, 1,000 training images x 6 epochs, 250 validation and 500
+test images, a width-16 SmallCNN, one tuning trial (the default config),
 always on the CPU (``DEVICE="cpu"``) so its outputs are the same with or without a GPU. Its
 models do not converge, so every ``ci`` verdict is INCONCLUSIVE (not converged) by rule.
 ``full`` is sized for convergence (10,000 training images, 15 epochs, the width-32 SmallCNN:
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 DIGITS = dict(DATASET="cluttered_digits", BACKBONE="small_cnn")
 COMMON = {
-    "ci": dict(PROFILE="ci", SEEDS=[0, 1], EPOCHS=6, N_TRAIN=1500, N_VAL=500, N_TEST=1000, CANVAS=48, WIDTH=16,
+    "ci": dict(PROFILE="ci", SEEDS=[0, 1], EPOCHS=6, N_TRAIN=1000, N_VAL=250, N_TEST=500, CANVAS=48, WIDTH=16,
                DEVICE="cpu", TUNING_TRIALS=1, **DIGITS),
     "full": dict(PROFILE="full", SEEDS=[0, 1, 2, 3, 4], EPOCHS=15, N_TRAIN=10000, N_VAL=1000, N_TEST=1000, CANVAS=48,
                  WIDTH=32, DEVICE="auto", TUNING_TRIALS=8, **DIGITS),

@@ -307,14 +307,18 @@ def test_no_host_sync_on_cuda(monkeypatch):
 
 # --- torch.compile --------------------------------------------------------------------------------
 
-def _compare_compiled(variant: str, backend: str) -> None:
+def _compare_compiled(variant: str, backend: str, every_graph: bool) -> None:
+    """Compiled and eager agree on outputs, regulariser and gradients. ``every_graph``: also the
+    eval mode, a first call outside any collector and the NaN input (four graphs in all); without
+    it, only the training graph, forward and backward, with a new collector each step."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     model = tiny_model(variant)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     x = images(4)
-    compiled(x)  # a first call outside any collector: later collectors must still be served
-    for mode in ("train", "eval"):
+    if every_graph:
+        compiled(x)  # a first call outside any collector: later collectors must still be served
+    for mode in ("train", "eval") if every_graph else ("train",):
         getattr(model, mode)()
         for step in range(2):  # a new collector each step
             with collect_terms(model) as eager:
@@ -336,13 +340,18 @@ def _compare_compiled(variant: str, backend: str) -> None:
             # the side channel is set by the compiled graph too
             assert ersm.energy_masks(model)[0][1].terms is collected.records[0].terms
     # no recompilation per collector: one graph per mode (train, eval) and tap-list length (0, 1)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
-    nan = compiled(torch.full_like(x, math.nan))  # the check is skipped in the graph
-    assert torch.isnan(nan).all()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= (4 if every_graph else 1)
+    if every_graph:
+        nan = compiled(torch.full_like(x, math.nan))  # the check is skipped in the graph
+        assert torch.isnan(nan).all()
 
 
-@pytest.mark.parametrize("variant, backend", [("paper", "inductor"), ("meanfield", "aot_eager")])
-def test_torch_compile_fullgraph_matches_eager(variant, backend):
+# Inductor generates and compiles C++ for every graph (about 10 s each on a 2-core CPU), so it
+# compiles the training graph only; graph breaks, recompiles and the side channel are backend-
+# independent (dynamo) and are checked on every graph with aot_eager.
+@pytest.mark.parametrize("variant, backend, every_graph", [("paper", "inductor", False), ("meanfield", "aot_eager", True)],
+                         ids=["paper-inductor-training-graph", "meanfield-aot_eager-every-graph"])
+def test_torch_compile_fullgraph_matches_eager(variant, backend, every_graph):
     started = time.perf_counter()
-    _compare_compiled(variant, backend)
+    _compare_compiled(variant, backend, every_graph)
     print(f"torch.compile {variant} {backend}: {time.perf_counter() - started:.1f} s")

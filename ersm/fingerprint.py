@@ -49,6 +49,11 @@ def weights_hash(steps: int = 30) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def measured_before(digest: str) -> str | None:
+    """The CPU on which ``digest`` was measured before (``OTHER_CPUS``), or ``None``."""
+    return OTHER_CPUS.get(torch.__version__, {}).get(digest)
+
+
 def reference_problem(digest: str | None = None) -> str | None:
     """One line saying why this CPU cannot reproduce the committed outputs (its fingerprint is not
     ``REFERENCE``), or ``None`` when it can or no reference is recorded for this torch."""
@@ -58,7 +63,7 @@ def reference_problem(digest: str | None = None) -> str | None:
     digest = digest or weights_hash()
     if digest == expected:
         return None
-    known = OTHER_CPUS.get(torch.__version__, {}).get(digest)
+    known = measured_before(digest)
     seen = f"as measured before on {known}" if known else "a CPU not measured before"
     return (f"nbval skipped: this CPU's portable kernels compute fingerprint {digest} ({seen}), the committed notebook "
             f"outputs were made where it is {expected}, so every trained number would differ; run `make unit` for "
@@ -76,7 +81,7 @@ def main() -> int:
         print(f"no reference hash is recorded for torch {torch.__version__}")
         return 0
     same = digest == expected
-    known = OTHER_CPUS.get(torch.__version__, {}).get(digest)
+    known = measured_before(digest)
     print(f"reference {expected}: {'same numerics as the committed results' if same else 'DIFFERENT numerics: committed outputs will not match'}"
           + (f" (measured before on {known})" if known else ""))
     return 0 if same else 1

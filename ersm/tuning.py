@@ -17,7 +17,10 @@ into the results JSON of notebook 01 beside the grid it produced.
 ``weight_decay = 5e-4``; the paper's ``lambda_unary = lambda_pair = beta = 1``), so the paper's
 setting is always in the grid and reported beside the selection. Trials 1..K-1 are drawn
 log-uniformly from ``SPACES`` by ``numpy.random.default_rng([TUNING_SEED, family code])``, so
-the grid is a pure function of the family and ``K`` (a larger ``K`` extends a smaller one).
+the grid is a pure function of the family and ``K`` (a larger ``K`` extends a smaller one). The
+exponential is ``math.exp`` (the C library's), not ``numpy.exp``: numpy picks its exp loop by the
+CPU's vector extensions, and on an AVX-512 CPU it returned one trial's ``lr`` one bit away from
+the committed grid, which is a different config hash and a model trained twice.
 Every trial trains model seed ``TRIAL_SEED = 0`` at the profile's full budget (same images,
 epochs and schedule as the final models).
 
@@ -83,7 +86,9 @@ def trial_settings(family: str, trials: int) -> list[dict]:
     settings = [{name: getattr(default, name) for name in space}]
     rng = np.random.default_rng([TUNING_SEED, FAMILY_CODES[family]])
     for _ in range(trials - 1):
-        settings.append({name: float(np.exp(rng.uniform(math.log(lo), math.log(hi)))) for name, (lo, hi) in space.items()})
+        # math.exp, not np.exp: numpy's AVX-512 exp loop can differ in the last bit, and a last-bit change
+        # in lr or beta is a new config hash, so the grid would not be the same on every x86-64 CPU.
+        settings.append({name: math.exp(float(rng.uniform(math.log(lo), math.log(hi)))) for name, (lo, hi) in space.items()})
     return settings
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from ersm import tuning
@@ -25,6 +26,22 @@ def test_trial_zero_is_the_default_and_the_draws_are_in_the_space():
 def test_grid_is_deterministic_nested_and_differs_between_families():
     assert tuning.trial_settings("paper", 4) == tuning.trial_settings("paper", 8)[:4]
     assert tuning.trial_settings("paper", 4)[1:] != tuning.trial_settings("meanfield", 4)[1:]
+
+
+# The dense grid the committed full-profile models were trained with (models/full): a last-bit change
+# in any value is a new config hash, so every CPU must draw exactly these.
+COMMITTED_DENSE_GRID = [(0.003, 0.0005), (0.001509853512583383, 0.0008312650038512848),
+                        (0.002932705145387753, 0.00012927114077328789), (0.0022642132853790057, 0.0023526359959782895),
+                        (0.008037922910494186, 3.40454889278109e-05), (0.004495570396274177, 7.850698556587382e-05),
+                        (0.009267491580849802, 0.005748446338716929), (0.0043238518403179585, 0.0018121589622233096)]
+
+
+def test_the_grid_is_bit_identical_whatever_exp_loop_numpy_picks(monkeypatch):
+    """numpy's AVX-512 exp returned trial 3's lr one bit low; the grid must not depend on numpy's exp."""
+    true_exp = np.exp
+    monkeypatch.setattr(np, "exp", lambda x, *args, **kwargs: np.nextafter(true_exp(x, *args, **kwargs), 0.0))
+    drawn = [(s["lr"], s["weight_decay"]) for s in tuning.trial_settings("dense", 8)]
+    assert drawn == COMMITTED_DENSE_GRID
 
 
 def test_every_ersm_trial_keeps_the_regulariser_on():

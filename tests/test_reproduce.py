@@ -62,6 +62,9 @@ def test_reproduce_runs_the_notebook_with_injected_parameters(notebooks, tmp_pat
     assert {"commit", "dirty", "versions", "device", "wall_seconds"} <= set(record["provenance"])
     assert record["provenance"]["versions"]["torch"]
     assert record["claims"][0]["ersm"] == 4.0
+    # the executed notebook is kept beside its results, where a user opens it (and nbval never looks)
+    kept = tmp_path / "results" / "full" / f"{FIXTURE}.ipynb"
+    assert kept.read_bytes() == (tmp_path / "runs" / "full" / f"{FIXTURE}.ipynb").read_bytes()
 
     assert claims == tmp_path / "results" / "full" / "claims.md"
     table = claims.read_text()

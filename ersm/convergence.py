@@ -5,6 +5,9 @@ counts as **converged** when both hold:
 
 1. **It fits its training set**: its final-epoch training cross-entropy is below
    ``CE_MAX = 0.05`` nats (mean over the epoch's training batches, the regulariser excluded).
+   For a model trained with augmentation (``dense + Cutout``) it is the trained model's mean
+   cross-entropy over its training images *without* augmentation, in evaluation mode
+   (``fit_cross_entropy``; amended 2026-12-01, see below).
 2. **Its family is stable**: the family's first seed, retrained for ``LONGER = 1.5`` times the
    epochs (rounded up) with the same recipe, reaches a validation accuracy within
    ``STABLE_POINTS = 0.5`` point of the same seed at the normal budget.
@@ -13,6 +16,16 @@ counts as **converged** when both hold:
 flat at its end; a flat tail alone proves nothing. Condition 1 says the model has learned what
 its data can teach it; condition 2 says more training would not change the answer by more than
 the test set resolves. Both read the training and validation splits only, never the test split.
+
+*Why the amendment for augmented models.* A Cutout batch hides a third of the image side at a
+random place, sometimes most of the digit, so no model can bring the loss on those batches near
+zero: in the ``full`` run the five Cutout models ended at 0.18-0.20 nats on their batches
+while dense, on the same images unhidden, ended below 0.01. Read on its batches, condition 1
+could never pass for Cutout, whatever its training. Whether a model has learned its training set
+is read on that set's images; the augmentation is part of the recipe, not of the data. The
+amendment was made after those batch numbers were seen and before any ``full`` model was scored
+on the test split; the batch value stays in the table (``cross_entropy``) beside the one the rule
+reads (``fit_cross_entropy``). Models trained without augmentation read the same number as before.
 
 The longer run is trained only when every seed of the family passes condition 1; otherwise the
 family is already not converged and ``stable`` is recorded as not measured (``None``). A claim
@@ -46,13 +59,28 @@ def longer_runs(configs: dict[str, list[TrainConfig]]) -> dict[str, list[TrainCo
     return {f"{name} (longer)": [longer_config(runs[0])] for name, runs in configs.items()}
 
 
-def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainConfig], list[dict]] | None = None) -> pd.DataFrame:
+def fit_cross_entropy(config: TrainConfig, final: dict,
+                      clean_cross_entropy_of: Callable[[TrainConfig], float] | None = None) -> float:
+    """The cross-entropy condition 1 compares with ``CE_MAX``: ``final["cross_entropy"]`` (the last
+    epoch's training-batch mean) for a model trained without augmentation; for an augmented one,
+    ``clean_cross_entropy_of(config)`` (default ``ersm.train.clean_training_cross_entropy``: the
+    trained model over its training images without augmentation, in evaluation mode)."""
+    if config.augmentation == "none":
+        return final["cross_entropy"]
+    if clean_cross_entropy_of is None:
+        from ersm.train import clean_training_cross_entropy as clean_cross_entropy_of
+    return float(clean_cross_entropy_of(config))
+
+
+def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainConfig], list[dict]] | None = None,
+           clean_cross_entropy_of: Callable[[TrainConfig], float] | None = None) -> pd.DataFrame:
     """One row per ``(model, seed)``: the convergence rule's inputs and its outcome.
 
     ``configs``: family name -> one config per seed (first seed first). ``history_of(config)``
     returns a trained config's per-epoch records (default ``ersm.train.training_history``, which
-    trains when the cache lacks the model). Columns: ``model, seed, epochs, cross_entropy`` (final
-    epoch), ``fits``, ``val_accuracy`` (final, %), ``longer_val_accuracy`` (the family's first seed
+    trains when the cache lacks the model); ``clean_cross_entropy_of`` goes to ``fit_cross_entropy``
+    for augmented models. Columns: ``model, seed, epochs, cross_entropy`` (final epoch, training
+    batches), ``fit_cross_entropy`` (what condition 1 reads), ``fits``, ``val_accuracy`` (final, %), ``longer_val_accuracy`` (the family's first seed
     at ``LONGER`` x epochs, % or NaN), ``val_change`` (points), ``stable`` (True/False/None: not
     measured) and ``converged``.
     """
@@ -63,15 +91,16 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     rows = []
     for name, runs in configs.items():
         finals = [_final(history_of(config), name, config) for config in runs]
-        fits = [final["cross_entropy"] < CE_MAX for final in finals]
+        fit_values = [fit_cross_entropy(config, final, clean_cross_entropy_of) for config, final in zip(runs, finals)]
+        fits = [value < CE_MAX for value in fit_values]
         longer = change = stable = None
         if all(fits):
             longer = 100 * _final(history_of(longer_config(runs[0])), name, longer_config(runs[0]))["val_accuracy"]
             change = longer - 100 * finals[0]["val_accuracy"]
             stable = abs(change) < STABLE_POINTS
-        for config, final, fit in zip(runs, finals, fits):
+        for config, final, fit_value, fit in zip(runs, finals, fit_values, fits):
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs,
-                         "cross_entropy": final["cross_entropy"], "fits": fit, "val_accuracy": 100 * final["val_accuracy"],
+                         "cross_entropy": final["cross_entropy"], "fit_cross_entropy": fit_value, "fits": fit, "val_accuracy": 100 * final["val_accuracy"],
                          "longer_val_accuracy": math.nan if longer is None else longer,
                          "val_change": math.nan if change is None else change, "stable": stable,
                          "converged": bool(fit and stable)})

@@ -15,7 +15,8 @@ The phases follow the notebooks and build their configs with the same functions:
    where the dataset has backgrounds to swap, and notebook 05's (``RHO``, dense and the paper's
    layer; in every profile one of 03's);
 4. ``longer runs``: the convergence rule's 1.5x-longer run of each family whose seeds all fit
-   (``ersm.convergence.assess`` trains it in notebooks 01 and 03; families that do not fit get none).
+   (``ersm.convergence.fit_cross_entropy``; ``ersm.convergence.assess`` trains it in notebooks 01
+   and 03; families that do not fit get none).
 
 A phase reads the cache that the phases before it filled, so it is built only when they are
 done. ``jobs > 1`` trains in worker processes (spawned, so CUDA works); each keeps the fixed
@@ -71,7 +72,7 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
     sweep = sparsity.sweep_configs(base, sweep_params["SWEEP"], sweep_params["SWEEP_SEED"], recipe=selected["dense"])
     yield "final models", [c for group in (finals, sweep, spurious) for runs in group.values() for c in runs]
     fitting = {name: runs for name, runs in {**finals, **spurious}.items()
-               if all(_final_cross_entropy(config) < convergence.CE_MAX for config in runs)}
+               if all(convergence.fit_cross_entropy(config, training_history(config)[-1]) < convergence.CE_MAX for config in runs)}
     yield "longer runs", [c for runs in convergence.longer_runs(fitting).values() for c in runs]
 
 
@@ -106,6 +107,3 @@ def _train_one(values: dict) -> str:
     get_model(config, progress=False)
     return f"{config.model} seed {config.seed} (config {config.digest()})"
 
-
-def _final_cross_entropy(config: TrainConfig) -> float:
-    return training_history(config)[-1]["cross_entropy"]

@@ -41,6 +41,7 @@ from ersm.checkpoint import load_checkpoint
 from ersm.config import DEFAULT_DATASET, TrainConfig
 from ersm.data import evaluation_set, load_split, split_metadata, training_set
 from ersm.engine import fit
+from ersm.inference import predict
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
 from ersm.seeding import seed_everything
@@ -196,6 +197,16 @@ def is_cached(config: TrainConfig) -> bool:
         return json.loads(manifest.read_text())["epoch"] >= config.epochs
     except (OSError, ValueError, KeyError):
         return False
+
+
+def clean_training_cross_entropy(config: TrainConfig) -> float:
+    """Mean cross-entropy (nats) of the trained model of ``config`` over its training images
+    *without* augmentation, in evaluation mode (trains the model if needed). The convergence rule
+    reads it for augmented models, whose batch loss includes what the augmentation hides
+    (``ersm.convergence.fit_cross_entropy``)."""
+    images, labels, _ = training_data(config)
+    logits = predict(get_model(config), images).logits
+    return nn.functional.cross_entropy(logits, labels.to(logits.device)).item()
 
 
 def training_history(config: TrainConfig) -> list[dict]:

@@ -56,6 +56,30 @@ def test_one_seed_that_does_not_fit_fails_the_family_without_a_longer_run():
     assert all(epochs == 4 for _, _, epochs in calls)
 
 
+def test_an_augmented_model_fits_on_its_training_images_without_augmentation():
+    """Cutout's batches hide part of the digit (0.19 nats in ``full``); condition 1 reads its clean training images."""
+    history_of, _ = fake_histories({("dense", 0, 4): (0.19, 0.90), ("dense", 1, 4): (0.19, 0.90), ("dense", 0, 6): (0.19, 0.902)})
+    cutout = {"dense + Cutout": [BASE.replace(model="dense", augmentation="cutout", seed=s) for s in (0, 1)]}
+    clean = {0: 0.01, 1: 0.02}
+    table = convergence.assess(cutout, history_of, lambda config: clean[config.seed])
+    assert table["cross_entropy"].tolist() == [0.19, 0.19]  # the batch value stays in the table
+    assert table["fit_cross_entropy"].tolist() == [0.01, 0.02]
+    assert table["fits"].all() and table["converged"].all()
+    clean = {0: 0.01, 1: 0.06}
+    assert convergence.assess(cutout, history_of, lambda config: clean[config.seed])["fits"].tolist() == [True, False]
+
+
+def test_a_model_without_augmentation_reads_its_batch_value():
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.06, 0.890)})
+
+    def clean_of(config):
+        raise AssertionError(f"clean cross-entropy asked for {config.augmentation!r}")
+
+    table = convergence.assess(configs(), history_of, clean_of)
+    assert table["fit_cross_entropy"].tolist() == table["cross_entropy"].tolist() == [0.01, 0.06]
+    assert table["fits"].tolist() == [True, False]
+
+
 def test_gate_keeps_the_numbers_and_replaces_the_verdict():
     history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9),
                                     ("dense", 0, 4): (0.20, 0.9), ("dense", 1, 4): (0.01, 0.9)})

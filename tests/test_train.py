@@ -78,6 +78,19 @@ def test_second_get_model_is_a_cache_hit(monkeypatch):
     assert not second.training
 
 
+def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
+    """What the convergence rule reads for an augmented model: the un-augmented split, BatchNorm's running statistics."""
+    config = TINY.replace(model="dense", augmentation="cutout", cutout_size=16)
+    value = ersm.train.clean_training_cross_entropy(config)
+    model = ersm.train.get_model(config)
+    images, labels, _ = ersm.train.training_data(config)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model.eval()(images), labels).item()
+        in_train_mode = torch.nn.functional.cross_entropy(model.train()(images), labels).item()
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert abs(value - in_train_mode) > 1e-2  # running statistics, not the batch's
+
+
 def test_longer_config_is_a_different_cache_entry(monkeypatch):
     # the epoch count is part of the config, so it must not reuse (or extend) the 2-epoch model
     ersm.train.get_model(TINY)

@@ -9,8 +9,9 @@ counts as **converged** when both hold:
    cross-entropy over its training images *without* augmentation, in evaluation mode
    (``fit_cross_entropy``; amended 2026-12-01, see below).
 2. **Its family is stable**: the family's first seed, retrained for ``LONGER = 1.5`` times the
-   epochs (rounded up) with the same recipe, reaches a validation accuracy within
-   ``STABLE_POINTS = 0.5`` point of the same seed at the normal budget.
+   epochs (rounded up) with the same recipe, reaches a validation accuracy less than
+   ``STABLE_POINTS = 0.5`` point from the same seed at the normal budget, counted in whole
+   validation images (5 of 1,000 is 0.5 point, not stable).
 
 *Why both.* The one-cycle schedule anneals the learning rate to zero, so every loss curve is
 flat at its end; a flat tail alone proves nothing. Condition 1 says the model has learned what
@@ -95,8 +96,11 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
         fits = [value < CE_MAX for value in fit_values]
         longer = change = stable = None
         if all(fits):
-            longer = 100 * _final(history_of(longer_config(runs[0])), name, longer_config(runs[0]))["val_accuracy"]
-            change = longer - 100 * finals[0]["val_accuracy"]
+            first, n_val = runs[0], runs[0].n_val
+            longer_correct = _correct(_final(history_of(longer_config(first)), name, longer_config(first)), name, first)
+            longer = 100 * longer_correct / n_val
+            # in whole images: the float32 accuracies of 908 and 903 of 1,000 differ by 0.4999983 points, not 0.5
+            change = 100 * (longer_correct - _correct(finals[0], name, first)) / n_val
             stable = abs(change) < STABLE_POINTS
         for config, final, fit_value, fit in zip(runs, finals, fit_values, fits):
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs,
@@ -112,6 +116,15 @@ def _final(history: list[dict], name: str, config: TrainConfig) -> dict:
         raise ValueError(f"the history of {name!r} seed {config.seed} has {len(history)} epoch record(s) of "
                          f"{config.epochs}, or lacks cross_entropy/val_accuracy; retrain it (CACHE_VERSION >= 4)")
     return history[-1]
+
+
+def _correct(final: dict, name: str, config: TrainConfig) -> int:
+    """The validation images a model got right: its recorded accuracy (a float32 mean) times ``n_val``."""
+    count = final["val_accuracy"] * config.n_val
+    if abs(count - round(count)) > 0.01:
+        raise ValueError(f"the val_accuracy {final['val_accuracy']!r} of {name!r} seed {config.seed} is not a share of "
+                         f"n_val={config.n_val} images; its history comes from another validation split")
+    return round(count)
 
 
 def all_converged(table: pd.DataFrame, names) -> bool:

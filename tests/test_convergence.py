@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -45,6 +46,23 @@ def test_a_change_of_half_a_point_or_more_is_not_stable():
     assert table["stable"].tolist() == [False, False] and not table["converged"].any()
     history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.01, 0.890), ("paper", 0, 6): (0.01, 0.906)})
     assert not convergence.assess(configs(), history_of)["converged"].any()
+
+
+def test_stability_is_counted_in_whole_validation_images():
+    """908 and 903 of 1,000 right, recorded as float32 means, differ by 0.4999983 in floating point: 0.5 is not stable."""
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, f32(0.908)), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, f32(0.903))})
+    table = convergence.assess({"paper": [BASE.replace(seed=s, n_val=1000) for s in (0, 1)]}, history_of)
+    assert table["val_change"].iloc[0] == -0.5 and table["longer_val_accuracy"].iloc[0] == 90.3
+    assert table["stable"].tolist() == [False, False]
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, f32(0.908)), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, f32(0.904))})
+    assert convergence.assess({"paper": [BASE.replace(seed=s, n_val=1000) for s in (0, 1)]}, history_of)["stable"].all()
+
+
+def test_an_accuracy_that_is_no_share_of_n_val_is_refused():
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9001), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9)})
+    with pytest.raises(ValueError, match="val_accuracy 0.9001 of 'paper' seed 0 is not a share of n_val=500"):
+        convergence.assess(configs(), history_of)
 
 
 def test_one_seed_that_does_not_fit_fails_the_family_without_a_longer_run():

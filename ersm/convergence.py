@@ -81,9 +81,9 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     returns a trained config's per-epoch records (default ``ersm.train.training_history``, which
     trains when the cache lacks the model); ``clean_cross_entropy_of`` goes to ``fit_cross_entropy``
     for augmented models. Columns: ``model, seed, epochs, cross_entropy`` (final epoch, training
-    batches), ``fit_cross_entropy`` (what condition 1 reads), ``fits``, ``val_accuracy`` (final, %), ``longer_val_accuracy`` (the family's first seed
-    at ``LONGER`` x epochs, % or NaN), ``val_change`` (points), ``stable`` (True/False/None: not
-    measured) and ``converged``.
+    batches), ``fit_cross_entropy`` (what condition 1 reads), ``fits``, ``val_accuracy`` (final,
+    %), ``longer_val_accuracy`` (the family's first seed at ``LONGER`` x epochs, % or NaN),
+    ``val_change`` (points), ``stable`` (True/False/None: not measured) and ``converged``.
     """
     if history_of is None:
         from ersm.train import training_history as history_of
@@ -104,7 +104,8 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
             stable = abs(change) < STABLE_POINTS
         for config, final, fit_value, fit in zip(runs, finals, fit_values, fits):
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs,
-                         "cross_entropy": final["cross_entropy"], "fit_cross_entropy": fit_value, "fits": fit, "val_accuracy": 100 * final["val_accuracy"],
+                         "cross_entropy": final["cross_entropy"], "fit_cross_entropy": fit_value, "fits": fit,
+                         "val_accuracy": 100 * final["val_accuracy"],
                          "longer_val_accuracy": math.nan if longer is None else longer,
                          "val_change": math.nan if change is None else change, "stable": stable,
                          "converged": bool(fit and stable)})

@@ -209,6 +209,15 @@ def clean_training_cross_entropy(config: TrainConfig) -> float:
     return nn.functional.cross_entropy(logits, labels.to(logits.device)).item()
 
 
+def validation_correct(config: TrainConfig):
+    """``[n_val]`` bool numpy array: which validation images the trained model of ``config``
+    classifies right, in evaluation mode (trains the model if needed). The convergence rule's
+    stability test compares two runs image by image (``ersm.convergence.stability``)."""
+    images, labels, _ = validation_data(config)
+    logits = predict(get_model(config), images).logits
+    return (logits.argmax(1).cpu() == labels.cpu()).numpy()
+
+
 def training_history(config: TrainConfig) -> list[dict]:
     """The per-epoch records of a trained config (trains it if needed)."""
     get_model(config)

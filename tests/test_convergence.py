@@ -26,65 +26,108 @@ def fake_histories(final: dict):
     return history_of, calls
 
 
+def pair(only_normal: int, only_longer: int, both: int = 400, n: int = BASE.n_val):
+    """Two ``[n]`` outcome vectors: ``both`` images right in both runs, then ``only_normal`` right only in the
+    normal run, then ``only_longer`` right only in the longer one."""
+    normal, longer = np.zeros(n, bool), np.zeros(n, bool)
+    normal[:both + only_normal] = True
+    longer[:both] = longer[both + only_normal:both + only_normal + only_longer] = True
+    return normal, longer
+
+
+def fake_outcomes(model="paper", seed=1, epochs=(4, 6), only_normal=3, only_longer=4):
+    """correct_of(config) for the pair (seed, epochs[0]) and (seed, epochs[1]) of ``model``; records the calls."""
+    calls = []
+    vectors = dict(zip(((model, seed, e) for e in epochs), pair(only_normal, only_longer)))
+
+    def correct_of(config):
+        calls.append((config.model, config.seed, config.epochs))
+        return vectors[(config.model, config.seed, config.epochs)]
+
+    return correct_of, calls
+
+
 def configs(model="paper", seeds=(0, 1)):
     return {model: [BASE.replace(model=model, seed=s) for s in seeds]}
 
 
+FITS = {("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.04, 0.890)}
+
+
 def test_fit_and_stable_family_converges():
-    history_of, calls = fake_histories({("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.04, 0.890), ("paper", 0, 6): (0.005, 0.904)})
-    table = convergence.assess(configs(), history_of)
+    history_of, history_calls = fake_histories(FITS)
+    correct_of, calls = fake_outcomes(only_normal=3, only_longer=4)
+    table = convergence.assess(configs(), history_of, correct_of=correct_of)
     assert table["converged"].tolist() == [True, True]
-    assert table["longer_val_accuracy"].tolist() == pytest.approx([90.4, 90.4])
-    assert table["val_change"].iloc[0] == pytest.approx(0.4)
-    assert ("paper", 0, 6) in calls  # ceil(1.5 * 4) epochs, the first seed only
-    assert ("paper", 1, 6) not in calls
+    assert table["stability_seed"].tolist() == [1, 1] and table["discordant"].tolist() == [7, 7]
+    assert table["val_change"].iloc[0] == pytest.approx(100 * 1 / BASE.n_val)
+    assert table["longer_val_accuracy"].iloc[0] == pytest.approx(100 * 404 / BASE.n_val)
+    assert calls == [("paper", 1, 4), ("paper", 1, 6)]  # ceil(1.5 * 4) epochs, the second seed only
+    assert all(epochs == 4 for _, _, epochs in history_calls)
 
 
-def test_a_change_of_half_a_point_or_more_is_not_stable():
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.01, 0.890), ("paper", 0, 6): (0.01, 0.894)})
-    table = convergence.assess(configs(), history_of)
-    assert table["stable"].tolist() == [False, False] and not table["converged"].any()
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.900), ("paper", 1, 4): (0.01, 0.890), ("paper", 0, 6): (0.01, 0.906)})
-    assert not convergence.assess(configs(), history_of)["converged"].any()
+def test_a_change_larger_than_the_pair_resolves_is_not_stable():
+    history_of, _ = fake_histories(FITS)
+    for only_normal, only_longer in ((5, 30), (30, 5)):   # both directions
+        correct_of, _ = fake_outcomes(only_normal=only_normal, only_longer=only_longer)
+        table = convergence.assess(configs(), history_of, correct_of=correct_of)
+        assert table["stable"].tolist() == [False, False] and not table["converged"].any()
+        assert table["stability_p"].iloc[0] < convergence.STABILITY_ALPHA
 
 
-def test_stability_is_counted_in_whole_validation_images():
-    """908 and 903 of 1,000 right, recorded as float32 means, differ by 0.4999983 in floating point: 0.5 is not stable."""
-    f32 = lambda x: float(np.float32(x))  # noqa: E731
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, f32(0.908)), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, f32(0.903))})
-    table = convergence.assess({"paper": [BASE.replace(seed=s, n_val=1000) for s in (0, 1)]}, history_of)
-    assert table["val_change"].iloc[0] == -0.5 and table["longer_val_accuracy"].iloc[0] == 90.3
-    assert table["stable"].tolist() == [False, False]
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, f32(0.908)), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, f32(0.904))})
-    assert convergence.assess({"paper": [BASE.replace(seed=s, n_val=1000) for s in (0, 1)]}, history_of)["stable"].all()
+def test_the_test_sits_at_its_level_exactly():
+    """All discordant images on one side: two-sided p = 2 / 2**k; 11 images give 0.00098 < 0.001, 10 give 0.00195."""
+    assert convergence.stability(*pair(0, 11))["stability_p"] == pytest.approx(2 / 2 ** 11)
+    assert not convergence.stability(*pair(0, 11))["stable"]
+    assert convergence.stability(*pair(0, 10))["stable"] and convergence.stability(*pair(11, 0))["stable"] is False
 
 
-def test_an_accuracy_that_is_no_share_of_n_val_is_refused():
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9001), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9)})
-    with pytest.raises(ValueError, match="val_accuracy 0.9001 of 'paper' seed 0 is not a share of n_val=500"):
-        convergence.assess(configs(), history_of)
+def test_a_change_of_half_a_point_within_the_noise_is_stable_and_the_old_bar_is_shown():
+    """A 1-point change (5 of 500 images more) among 45 disagreements is noise for one pair (p = 0.55)."""
+    result = convergence.stability(*pair(20, 25))
+    assert result["stable"] and result["val_change"] == 1.0 and result["within_half_point"] is False
+    assert convergence.stability(*pair(20, 22))["within_half_point"] is True   # 2 images: 0.4 point
+    assert convergence.stability(*pair(0, 0))["stability_p"] == 1.0
+
+
+def test_outcomes_of_another_validation_split_are_refused():
+    history_of, _ = fake_histories(FITS)
+    with pytest.raises(ValueError, match=r"validation outcomes of 'paper' seed 1 have shape \(499,\), not \(500,\)"):
+        convergence.assess(configs(), history_of, correct_of=lambda config: np.ones(499, bool))
+    with pytest.raises(ValueError, match="two non-empty"):
+        convergence.stability(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_a_family_with_one_seed_is_refused_before_any_work():
+    def history_of(config):
+        raise AssertionError("work started")
+
+    with pytest.raises(ValueError, match="family 'paper' has 1 seed"):
+        convergence.assess(configs(seeds=(0,)), history_of, correct_of=history_of)
 
 
 def test_one_seed_that_does_not_fit_fails_the_family_without_a_longer_run():
     history_of, calls = fake_histories({("paper", 0, 4): (0.01, 0.90), ("paper", 1, 4): (0.05, 0.90)})
-    table = convergence.assess(configs(), history_of)
+    correct_of, outcome_calls = fake_outcomes()
+    table = convergence.assess(configs(), history_of, correct_of=correct_of)
     assert table["fits"].tolist() == [True, False]  # 0.05 is not below 0.05
     assert table["converged"].tolist() == [False, False]
     assert table["stable"].isna().all() and table["longer_val_accuracy"].isna().all()
-    assert all(epochs == 4 for _, _, epochs in calls)
+    assert all(epochs == 4 for _, _, epochs in calls) and outcome_calls == []
 
 
 def test_an_augmented_model_fits_on_its_training_images_without_augmentation():
     """Cutout's batches hide part of the digit (0.19 nats in ``full``); condition 1 reads its clean training images."""
-    history_of, _ = fake_histories({("dense", 0, 4): (0.19, 0.90), ("dense", 1, 4): (0.19, 0.90), ("dense", 0, 6): (0.19, 0.902)})
+    history_of, _ = fake_histories({("dense", 0, 4): (0.19, 0.90), ("dense", 1, 4): (0.19, 0.90)})
+    correct_of, _ = fake_outcomes("dense")
     cutout = {"dense + Cutout": [BASE.replace(model="dense", augmentation="cutout", seed=s) for s in (0, 1)]}
     clean = {0: 0.01, 1: 0.02}
-    table = convergence.assess(cutout, history_of, lambda config: clean[config.seed])
+    table = convergence.assess(cutout, history_of, lambda config: clean[config.seed], correct_of)
     assert table["cross_entropy"].tolist() == [0.19, 0.19]  # the batch value stays in the table
     assert table["fit_cross_entropy"].tolist() == [0.01, 0.02]
     assert table["fits"].all() and table["converged"].all()
     clean = {0: 0.01, 1: 0.06}
-    assert convergence.assess(cutout, history_of, lambda config: clean[config.seed])["fits"].tolist() == [True, False]
+    assert convergence.assess(cutout, history_of, lambda config: clean[config.seed], correct_of)["fits"].tolist() == [True, False]
 
 
 def test_a_model_without_augmentation_reads_its_batch_value():
@@ -99,9 +142,11 @@ def test_a_model_without_augmentation_reads_its_batch_value():
 
 
 def test_gate_keeps_the_numbers_and_replaces_the_verdict():
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9),
+    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9),
                                     ("dense", 0, 4): (0.20, 0.9), ("dense", 1, 4): (0.01, 0.9)})
-    table = pd.concat([convergence.assess(configs("paper"), history_of), convergence.assess(configs("dense"), history_of)])
+    correct_of, _ = fake_outcomes()
+    table = pd.concat([convergence.assess(configs("paper"), history_of, correct_of=correct_of),
+                       convergence.assess(configs("dense"), history_of, correct_of=correct_of)])
     claim = Claim("c", "m", "dense", 1.0, 2.0, 1.0, 0.5, 1.5, "superiority", SUPPORTED)
     assert convergence.gate(claim, table, "paper") is claim
     gated = convergence.gate(claim, table, "paper", "dense")
@@ -110,8 +155,8 @@ def test_gate_keeps_the_numbers_and_replaces_the_verdict():
 
 
 def test_bad_input_is_refused_by_name():
-    history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9)})
-    table = convergence.assess(configs(), history_of)
+    history_of, _ = fake_histories(FITS)
+    table = convergence.assess(configs(), history_of, correct_of=fake_outcomes()[0])
     with pytest.raises(ValueError, match="names='dense' is not a model in the convergence table"):
         convergence.gate(Claim("c", "m", "d", 0, 0, 0, 0, 0, "r", SUPPORTED), table, "dense")
     with pytest.raises(ValueError, match="configs must map"):
@@ -124,17 +169,18 @@ def test_longer_config_rounds_up():
     assert convergence.longer_config(BASE.replace(epochs=5)).epochs == math.ceil(7.5) == 8
 
 
-def test_longer_runs_are_the_first_seed_of_each_family_at_the_longer_budget():
-    history_of, calls = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.01, 0.9), ("paper", 0, 6): (0.01, 0.9)})
-    convergence.assess(configs(), history_of)
+def test_longer_runs_are_the_second_seed_of_each_family_at_the_longer_budget():
+    history_of, _ = fake_histories(FITS)
+    correct_of, calls = fake_outcomes()
+    convergence.assess(configs(), history_of, correct_of=correct_of)
     longer = convergence.longer_runs(configs())
     assert list(longer) == ["paper (longer)"]
-    assert [(c.model, c.seed, c.epochs) for c in longer["paper (longer)"]] == [calls[-1]] == [("paper", 0, 6)]
+    assert [(c.model, c.seed, c.epochs) for c in longer["paper (longer)"]] == [calls[-1]] == [("paper", 1, 6)]
 
 
 def test_gate_verdict_for_an_overall_line():
     history_of, _ = fake_histories({("paper", 0, 4): (0.01, 0.9), ("paper", 1, 4): (0.2, 0.9)})
-    table = convergence.assess(configs("paper"), history_of)
+    table = convergence.assess(configs("paper"), history_of, correct_of=fake_outcomes()[0])
     assert convergence.gate_verdict(SUPPORTED, table, "paper") == NOT_CONVERGED
     with pytest.raises(ValueError, match="needs the names"):
         convergence.gate_verdict(SUPPORTED, table)

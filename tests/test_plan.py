@@ -68,9 +68,9 @@ def test_the_full_profile_plan(monkeypatch):
     assert sorted({c.background_label_correlation for c in finals.values()}) == [0.0, 0.5, 0.7, 0.9]
     assert all(c.epochs == 15 and c.n_train == 10000 and c.width == 32 for c in finals.values())
     # dense, dense + Cutout (on its un-augmented training images) and the paper's layer with beta > 0 and beta = 0 fit:
-    # their first seeds, on each split
+    # their second seeds (the stability test's), on each split
     longer = phases["longer runs"]
-    assert all(c.epochs == 23 and c.seed == 0 for c in longer)
+    assert all(c.epochs == 23 and c.seed == 1 for c in longer)
     assert sorted((c.model, c.augmentation, c.beta == 0, c.background_label_correlation) for c in longer) == sorted(
         (model, augmentation, control, rho) for rho in (0.0, 0.5, 0.7, 0.9)
         for model, augmentation, control in (("dense", "none", False), ("paper", "none", False), ("paper", "none", True),

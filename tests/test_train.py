@@ -91,6 +91,14 @@ def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
     assert abs(value - in_train_mode) > 1e-2  # running statistics, not the batch's
 
 
+def test_validation_correct_is_the_recorded_validation_accuracy_image_by_image():
+    """What the stability test compares: one bool per validation image, whose mean is the last epoch's record."""
+    correct = ersm.train.validation_correct(TINY)
+    assert correct.dtype == bool and correct.shape == (TINY.n_val,)
+    assert correct.mean() == pytest.approx(ersm.train.training_history(TINY)[-1]["val_accuracy"], abs=1e-6)
+    assert 0 < correct.sum() < TINY.n_val   # a tiny model gets some right, not all
+
+
 def test_longer_config_is_a_different_cache_entry(monkeypatch):
     # the epoch count is part of the config, so it must not reuse (or extend) the 2-epoch model
     ersm.train.get_model(TINY)

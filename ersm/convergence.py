@@ -41,10 +41,9 @@ with a chance near zero. Seed 0's longer runs showed it (15 of the first 20 fami
 0.5 point or more, in both directions, dense included). A single pair can only show a change
 larger than its own noise, so the test now asks exactly that, per image: with ``b + c``
 validation images on which the two runs disagree, it flags a change of about
-``3.3 * sqrt(b + c)`` images (about 2.7 points of 1,000 for the 52-77 disagreements of seed 0's
-pairs). The level
-0.001 keeps the chance that 37 families whose longer runs change nothing fail by noise alone
-below 4% (37 x 0.001; the exact test is conservative).
+``3.3 * sqrt(b + c)`` images (about 2.7 points of 1,000 for the 52-77 disagreements of seed
+0's pairs). The level 0.001 keeps the chance that 37 families whose longer runs change nothing
+fail by noise alone below 4% (37 x 0.001; the exact test is conservative).
 The replacement was written after seed 0's longer runs were seen, so it reads seed 1's, trained
 after it was written and before any ``full`` model was scored on the test split. The table still
 shows the old bar on the new pair (``within_half_point``).

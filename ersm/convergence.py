@@ -105,6 +105,11 @@ def fit_cross_entropy(config: TrainConfig, final: dict,
     return float(clean_cross_entropy_of(config))
 
 
+def fits(config: TrainConfig, final: dict, clean_cross_entropy_of: Callable[[TrainConfig], float] | None = None) -> bool:
+    """Condition 1: ``fit_cross_entropy(config, final) < CE_MAX``."""
+    return fit_cross_entropy(config, final, clean_cross_entropy_of) < CE_MAX
+
+
 def stability(normal: np.ndarray, longer: np.ndarray) -> dict:
     """Condition 2 on one pair of runs. ``normal``, ``longer``: ``[n_val]`` bool, which validation
     images each run classifies right. Returns ``longer_val_accuracy`` (%), ``val_change`` (points,
@@ -150,14 +155,14 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     for name, runs in configs.items():
         finals = [_final(history_of(config), name, config) for config in runs]
         fit_values = [fit_cross_entropy(config, final, clean_cross_entropy_of) for config, final in zip(runs, finals)]
-        fits = [value < CE_MAX for value in fit_values]
+        fitting = [value < CE_MAX for value in fit_values]
         pair = {"stability_seed": math.nan, "longer_val_accuracy": math.nan, "val_change": math.nan,
                 "discordant": math.nan, "stability_p": math.nan, "stable": None, "within_half_point": None}
-        if all(fits):
+        if all(fitting):
             normal = pairs[name]
             pair = {"stability_seed": normal.seed,
                     **stability(_checked(correct_of(normal), name, normal), _checked(correct_of(longer_config(normal)), name, normal))}
-        for config, final, fit_value, fit in zip(runs, finals, fit_values, fits):
+        for config, final, fit_value, fit in zip(runs, finals, fit_values, fitting):
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs,
                          "cross_entropy": final["cross_entropy"], "fit_cross_entropy": fit_value, "fits": fit,
                          "val_accuracy": 100 * final["val_accuracy"], **pair,

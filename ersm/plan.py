@@ -72,7 +72,7 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
     sweep = sparsity.sweep_configs(base, sweep_params["SWEEP"], sweep_params["SWEEP_SEED"], recipe=selected["dense"])
     yield "final models", [c for group in (finals, sweep, spurious) for runs in group.values() for c in runs]
     fitting = {name: runs for name, runs in {**finals, **spurious}.items()
-               if all(convergence.fit_cross_entropy(config, training_history(config)[-1]) < convergence.CE_MAX for config in runs)}
+               if all(convergence.fits(config, training_history(config)[-1]) for config in runs)}
     yield "longer runs", [c for runs in convergence.longer_runs(fitting).values() for c in runs]
 
 

@@ -184,3 +184,10 @@ def test_gate_verdict_for_an_overall_line():
     assert convergence.gate_verdict(SUPPORTED, table, "paper") == NOT_CONVERGED
     with pytest.raises(ValueError, match="needs the names"):
         convergence.gate_verdict(SUPPORTED, table)
+
+
+def test_fits_is_condition_one():
+    cutout = BASE.replace(model="dense", augmentation="cutout")
+    assert convergence.fits(cutout, {"cross_entropy": 0.19}, lambda config: 0.049)
+    assert not convergence.fits(cutout, {"cross_entropy": 0.0}, lambda config: 0.05)
+    assert convergence.fits(BASE, {"cross_entropy": 0.049}) and not convergence.fits(BASE, {"cross_entropy": 0.05})

@@ -124,7 +124,7 @@ def stability(normal: np.ndarray, longer: np.ndarray) -> dict:
     discordant = only_normal + only_longer
     p = binomtest(only_longer, discordant, 0.5).pvalue if discordant else 1.0
     n = normal.size
-    return {"longer_val_accuracy": 100 * longer.sum() / n, "val_change": 100 * (only_longer - only_normal) / n,
+    return {"longer_val_accuracy": float(100 * longer.sum() / n), "val_change": 100 * (only_longer - only_normal) / n,
             "discordant": discordant, "stability_p": float(p), "stable": bool(p >= STABILITY_ALPHA),
             "within_half_point": bool(abs(only_longer - only_normal) < HALF_POINT * n / 100)}
 

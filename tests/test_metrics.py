@@ -217,8 +217,14 @@ def test_gradcam_scores_at_token_grid(small_model, capfd):
     images = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(6))
     targets = torch.tensor([2, 0, 5])
     small_model.layer2.train()  # a submodule in train mode must be put back as it was
+    (_, layer), = ersm.energy_masks(small_model)
+    with torch.no_grad():
+        small_model(images[:1])
+    before = layer.terms
     maps = gradcam_scores(small_model, small_model.layer2, images, targets)
     assert small_model.layer2.training and not small_model.training
+    # the layer's terms are those of the last forward before, not Grad-CAM's (whose graph they would keep alive)
+    assert layer.terms is before and layer.terms.mask.grad_fn is None
     small_model.layer2.eval()
     assert maps.shape == (3, 12, 12) and torch.isfinite(maps).all() and (maps >= 0).all()
     assert all(p.grad is None for p in small_model.parameters())

@@ -10,8 +10,8 @@ The phases follow the notebooks and build their configs with the same functions:
 
 1. ``dense trials``: the tuning trials of dense (``ersm.tuning``), which choose the shared recipe;
 2. ``ERSM trials``: every ERSM family's trials with that recipe;
-3. ``final models``: every family at its selection and every seed (notebook 01; 02-05 use
-   subsets of them), notebook 02's sweep, and notebook 03's spurious-split families at each rho
+3. ``final models``: every family at its selection and every seed (notebook 01, with dense and
+   the ERSM variants at its ``ACCURACY_SEEDS``; 02-05 use subsets of them), notebook 02's sweep, and notebook 03's spurious-split families at each rho
    where the dataset has backgrounds to swap, and notebook 05's (``RHO``, dense and the paper's
    layer; in every profile one of 03's);
 4. ``longer runs``: the convergence rule's 1.5x-longer run of each family whose seeds all fit
@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 from ersm import convergence, tuning
 from ersm.config import TrainConfig, from_dict
 from ersm.data import capabilities
-from ersm.experiments import common, sparsity
+from ersm.experiments import accuracy, common, sparsity
 from ersm.train import get_model, is_cached, training_history
 from ersm.profiles import PROFILE_NAMES, parameters
 
@@ -61,7 +61,7 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
     yield "ERSM trials", [c for name, runs in tuning.trials_by_family(base, trials, dense).items() if name != "dense trials"
                           for c in runs]
     selected, _ = tuning.tune(base, trials)
-    finals = common.family(base, seeds, names=common.ALL_MODELS, selected=selected)
+    finals = accuracy.claim_families(base, seeds, first["ACCURACY_SEEDS"], selected)
     spurious = {}
     if capabilities(first["DATASET"])["background_swap"]:
         wanted = [(rho, name) for rho in occlusion_params["RHOS"] for name in occlusion_params["BACKGROUND_MODELS"]]

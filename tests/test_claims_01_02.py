@@ -21,12 +21,14 @@ from scipy import stats
 from torch import nn
 
 import ersm
-from ersm.experiments import accuracy, sparsity
+from ersm import plan
+from ersm.experiments import accuracy, common, sparsity
 from ersm.experiments.common import DENSE
 from ersm.inference import predict
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.metrics.stats import coefficient_of_variation
+from ersm.profiles import parameters
 from ersm.results import json_safe
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
@@ -115,6 +117,39 @@ def test_power_table_past_the_seed_limit_and_as_json():
     assert claim.verdict == f"{INCONCLUSIVE} (underpowered: 4 seeds of more than 1000 needed)"
     records = accuracy.power_table(frame, [ERSM_NAME], 0.1).to_dict("records")
     json.dumps(json_safe(records), allow_nan=False)             # what run.save writes
+
+
+def test_claim_families_add_the_power_analysis_seeds_to_the_compared_families_only():
+    base = plan.base_of(parameters("01_training", "ci"))
+    families = accuracy.claim_families(base, [0, 1], [0, 1, 5])
+    assert list(families) == list(common.ALL_MODELS)
+    for name, runs in families.items():
+        assert [c.seed for c in runs] == ([0, 1, 5] if name in (common.DENSE, *common.ERSM_MODELS) else [0, 1]), name
+    # the seeds of SEEDS are the same models as common.family's, which the other notebooks read
+    plain = common.family(base, [0, 1], names=common.ALL_MODELS)
+    assert all(families[name][:2] == plain[name] for name in plain)
+    assert accuracy.claim_families(base, [0, 1], [5, 1, 0])[common.DENSE] == families[common.DENSE]   # SEEDS first
+
+
+@pytest.mark.parametrize("seeds, accuracy_seeds, message", [
+    ([0, 1], [0, 2], r"accuracy_seeds=\[0, 2\] lacks seed\(s\) \[1\] of seeds=\[0, 1\]"),
+    ([0, 1], [0, 1, 1], r"accuracy_seeds=\[0, 1, 1\] repeats a seed"),
+    ([0, 1], [0, 1, 2.0], r"accuracy_seeds=\[0, 1, 2.0\] must be a non-empty list of integer seeds"),
+    ([0, 1], [], r"accuracy_seeds=\[\] must be a non-empty list"),
+    ([0, True], [0, 1], r"seeds=\[0, True\] must be a non-empty list of integer seeds"),
+])
+def test_claim_families_refuse_bad_seeds_by_name(seeds, accuracy_seeds, message):
+    base = plan.base_of(parameters("01_training", "ci"))
+    with pytest.raises(ValueError, match=message):
+        accuracy.claim_families(base, seeds, accuracy_seeds)
+
+
+def test_full_trains_the_seeds_its_power_analysis_asked_for():
+    # 10 = the largest n of the 5-seed full run's power table (docs/rules.md, 2026-12-01); every SEEDS seed kept
+    full = parameters("01_training", "full")
+    assert full["ACCURACY_SEEDS"] == list(range(10)) and set(full["SEEDS"]) <= set(full["ACCURACY_SEEDS"])
+    assert all(parameters("01_training", p)["ACCURACY_SEEDS"] == parameters("01_training", p)["SEEDS"]
+               for p in ("ci", "cifar10", "pets"))
 
 
 def test_accuracy_claim_says_underpowered_beside_its_verdict():

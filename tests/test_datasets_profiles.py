@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ersm.data import capabilities, load_split
-from ersm.experiments import common, mask_quality, occlusion
+from ersm.experiments import accuracy, common, mask_quality, occlusion
 from ersm.profiles import COMMON, PROFILE_NAMES, SPECIFIC, parameters, validate
 from ersm.plan import warm
 from ersm.reproduce import declared_parameters, reproduce
@@ -134,7 +134,8 @@ def test_the_notebook_script_is_idempotent_and_keeps_outputs(tmp_path):
 
 TINY = dict(SEEDS=[0, 1], EPOCHS=1, N_TRAIN=12, N_VAL=4, N_TEST=6, CANVAS=32, WIDTH=4, DEVICE="cpu", TUNING_TRIALS=1,
             BACKBONE="small_cnn")
-TINY_SPECIFIC = {"02_emergent_sparsity": dict(SWEEP={"beta": [5.0]}, N_BOOT=200),
+TINY_SPECIFIC = {"01_training": dict(ACCURACY_SEEDS=[0, 1, 2]),  # one added seed: the plan must list it too
+                 "02_emergent_sparsity": dict(SWEEP={"beta": [5.0]}, N_BOOT=200),
                  "03_occlusion_robustness": dict(FRACTIONS=[0.0, 0.5], RHOS=[0.9]),
                  "04_deletion_vs_magnitude": dict(STEPS=4, N_BOOT=200, N_INPUT=4, N_ROAD=4),
                  "05_mask_quality": dict(N_BOOT=200)}
@@ -163,6 +164,10 @@ def check_records(home: Path, stems: list[str]) -> dict:
     assert [e["claim"] for e in records["05_mask_quality"]["not_applicable"]] == ["mask quality"]
     assert "mask quality: not applicable on cifar10" in (home / "runs" / "cifar10" / "05_mask_quality.ipynb").read_text()
     assert records["01_training"]["claims"]
+    seeds_of = {}
+    for row in records["01_training"]["accuracy"]:
+        seeds_of.setdefault(row["model"], []).append(row["seed"])
+    assert all(seeds_of[name] == ([0, 1, 2] if name in accuracy.COMPARED else [0, 1]) for name in common.ALL_MODELS), seeds_of
     if "03_occlusion_robustness" in records:
         assert ([e["claim"] for e in records["03_occlusion_robustness"]["not_applicable"]]
                 == [occlusion.OBJECT_CLAIM, occlusion.BACKGROUND_CLAIM])

@@ -61,10 +61,13 @@ def test_the_full_profile_plan(monkeypatch):
     assert len(phases["dense trials"]) == 8 and len(phases["ERSM trials"]) == 4 * 8
     assert {c.model for c in phases["ERSM trials"]} == {"paper", "calibrated", "meanfield", "hardconcrete"}
     finals = {c.digest(): c for c in phases["final models"]}
-    # 10 families x 5 seeds, the sweep's 4 models (lambda_unary 0.2 and 5, lambda_pair 0, beta 5; its anchor, the paper's
+    # 10 families x 5 seeds and seeds 5-9 of dense and the 4 ERSM variants (claim 01's ACCURACY_SEEDS), the sweep's 4 models (lambda_unary 0.2 and 5, lambda_pair 0, beta 5; its anchor, the paper's
     # default at seed 0, is the selected ERSM paper seed 0 here, where every ERSM trial ties and trial 0 is selected),
     # 9 families x 3 rhos x 5 seeds on spurious splits
-    assert len(finals) == 50 + 4 + 135
+    assert len(finals) == 50 + 25 + 4 + 135
+    added = sorted((c.model, c.augmentation, c.beta > 0) for c in finals.values() if c.seed >= 5)
+    assert added == sorted((model, "none", True) for model in ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
+                           for _ in range(5))
     assert sorted({c.background_label_correlation for c in finals.values()}) == [0.0, 0.5, 0.7, 0.9]
     assert all(c.epochs == 15 and c.n_train == 10000 and c.width == 32 for c in finals.values())
     # dense, dense + Cutout (on its un-augmented training images) and the paper's layer with beta > 0 and beta = 0 fit:

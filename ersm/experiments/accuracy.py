@@ -15,13 +15,19 @@ Rules v2 (`docs/rules.md#01-accuracy-v2`), fixed before the run:
   that the run has fewer seeds than the rule asks for.
 - ``s == 0`` (every seed gives the same difference): no spread to plan with; ``n`` is the
   minimum of 2 seeds, the power is 1, and the table's ``note`` says so.
+- The seeds the power analysis asks for go to the families the verdict compares
+  (``claim_families``: dense and each ERSM variant, notebook 01's ``ACCURACY_SEEDS``); the
+  other families of the accuracy table (dense + Cutout, the ``beta = 0`` controls) are
+  descriptive and keep the profile's ``SEEDS``, as do the other claims. The ``full`` value came
+  from one re-estimation on the measured ``s`` (`docs/rules.md`, change log of 2026-12-01).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from ersm.experiments.common import DENSE, paired_seed_difference
+from ersm.config import TrainConfig
+from ersm.experiments.common import ALL_MODELS, DENSE, ERSM_MODELS, family, paired_seed_difference
 from ersm.inference import accuracy
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_inferiority
@@ -29,6 +35,32 @@ from ersm.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_
 POWER = 0.8     # rules v2: 80% power ...
 ALPHA = 0.025   # ... at one-sided alpha 0.025, true difference 0
 MAX_SEEDS = 1000
+COMPARED = (DENSE, *ERSM_MODELS)  # the families of the verdict rows, whose seeds the power analysis sizes
+
+
+def claim_families(base: TrainConfig, seeds: list[int], accuracy_seeds: list[int],
+                   selected: dict[str, dict] | None = None) -> dict[str, list[TrainConfig]]:
+    """Notebook 01's models: every family of ``common.ALL_MODELS`` at ``seeds``, and those the
+    verdict compares (``COMPARED``) at ``accuracy_seeds`` (``seeds`` first, then the added ones).
+
+    ``accuracy_seeds`` must hold every seed of ``seeds``: the added seeds extend the same pairs,
+    and the other notebooks read the models of ``seeds``. Refuses (``ValueError``, naming the
+    argument and the value) a list with a missing seed, a repeated seed or a non-integer.
+    """
+    for name, values in (("seeds", seeds), ("accuracy_seeds", accuracy_seeds)):
+        if (not isinstance(values, (list, tuple)) or not values
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in values)):
+            raise ValueError(f"{name}={values!r} must be a non-empty list of integer seeds")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name}={values!r} repeats a seed")
+    missing = [seed for seed in seeds if seed not in accuracy_seeds]
+    if missing:
+        raise ValueError(f"accuracy_seeds={list(accuracy_seeds)!r} lacks seed(s) {missing} of seeds={list(seeds)!r}; "
+                         f"it extends the profile's seeds, so it must hold all of them")
+    ordered = list(seeds) + [seed for seed in accuracy_seeds if seed not in seeds]
+    every = family(base, list(seeds), names=ALL_MODELS, selected=selected)
+    compared = family(base, ordered, names=COMPARED, selected=selected)
+    return {name: compared.get(name, runs) for name, runs in every.items()}
 
 
 def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> pd.DataFrame:

@@ -42,5 +42,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Ou
     return Outputs(torch.cat(logits), cat(masks), cat(unaries), cat(energies))
 
 
+def correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool on the CPU: is the model's top class on ``images [N, C, H, W]`` the label ``labels [N]``?"""
+    return predict(model, images).logits.argmax(1) == labels.cpu()
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predict(model, images).logits.argmax(1) == labels).float().mean().item()
+    """The share of ``images`` classified right (``correct``, averaged)."""
+    return correct(model, images, labels).float().mean().item()

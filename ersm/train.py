@@ -41,7 +41,7 @@ from ersm.checkpoint import load_checkpoint
 from ersm.config import DEFAULT_DATASET, TrainConfig
 from ersm.data import evaluation_set, load_split, split_metadata, training_set
 from ersm.engine import fit
-from ersm.inference import predict
+from ersm.inference import correct, predict
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
 from ersm.seeding import seed_everything
@@ -214,8 +214,7 @@ def validation_correct(config: TrainConfig):
     classifies right, in evaluation mode (trains the model if needed). The convergence rule's
     stability test compares two runs image by image (``ersm.convergence.stability``)."""
     images, labels, _ = validation_data(config)
-    logits = predict(get_model(config), images).logits
-    return (logits.argmax(1).cpu() == labels.cpu()).numpy()
+    return correct(get_model(config), images, labels).numpy()
 
 
 def training_history(config: TrainConfig) -> list[dict]:

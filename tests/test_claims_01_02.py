@@ -635,3 +635,23 @@ def test_sweep_is_one_factor_from_the_paper_default_at_the_shared_recipe():
         sparsity.sweep_configs(base, {}, 0, recipe={"momentum": 0.9})
     with pytest.raises(ValueError, match="sweep="):
         sparsity.sweep_configs(base, {"beta": 5.0}, 0)
+
+
+class _PixelLogits(nn.Module):
+    """Logits = the first three pixels of the image's first row: a classifier whose answers we choose."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))   # predict reads the device from a parameter
+
+    def forward(self, x):
+        return x[:, 0, 0, :3] + 0 * self.unused
+
+
+def test_correct_is_per_image_and_accuracy_is_its_mean():
+    images = torch.zeros(4, 1, 2, 3)
+    images[[0, 1, 2, 3], 0, 0, [2, 0, 1, 2]] = 1.0       # predicted classes 2, 0, 1, 2
+    labels = torch.tensor([2, 1, 1, 0])
+    right = ersm.inference.correct(_PixelLogits(), images, labels)
+    assert right.dtype == torch.bool and right.tolist() == [True, False, True, False]
+    assert ersm.inference.accuracy(_PixelLogits(), images, labels) == 0.5

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ersm import inference
 from ersm.config import DATASETS
 from ersm.data import capabilities, occlude
 from ersm.experiments import common
 from ersm.experiments.common import DENSE
-from ersm.inference import predict
 from ersm.metrics.hierarchical import mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval
 from ersm.checks import check_seed_images
 from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, RULE_V2_INTERVAL, Claim, _sorted, check_distinct, check_member,
@@ -116,7 +116,7 @@ def occlusion_correctness(models: dict[str, list], configs: dict[str, list], tes
                 if unchanged and (name, config.seed) in clean:
                     hits[f_index] = clean[name, config.seed]
                     continue
-                hits[f_index] = (predict(model, occluded).logits.argmax(1) == labels).numpy()
+                hits[f_index] = inference.correct(model, occluded, labels).numpy()
                 if unchanged:
                     clean[name, config.seed] = hits[f_index]
     return correct
@@ -377,8 +377,8 @@ def background_gaps(models: dict[str, list], aligned, swapped) -> tuple[dict[str
     for name, runs in models.items():
         per_seed, accuracy = [], []
         for model in runs:
-            right_aligned = (predict(model, aligned[0]).logits.argmax(1) == aligned[1]).float()
-            right_swapped = (predict(model, swapped[0]).logits.argmax(1) == swapped[1]).float()
+            right_aligned = inference.correct(model, aligned[0], aligned[1]).float()
+            right_swapped = inference.correct(model, swapped[0], swapped[1]).float()
             per_seed.append(100 * (right_aligned - right_swapped).numpy())
             accuracy.append(100 * right_swapped.mean().item())
         gaps[name] = np.stack(per_seed).astype(np.float64)

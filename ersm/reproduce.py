@@ -8,12 +8,15 @@ renders the README's table from every results JSON of one profile, each row with
 its notebook ran at, so a partial rerun (``--only 03``) cannot silently mix commits. Every notebook's parameters are checked against its
 ``parameters`` cell before the first one starts (papermill itself only warns).
 ``inplace=True`` (``ci`` only) executes the committed notebooks where they are, with their own
-defaults, which is how the committed outputs are made.
+defaults, which is how the committed outputs are made. Each notebook's ``**Profile.**`` cell
+describes the committed ``ci`` outputs; a run of another profile replaces it, in the executed
+copy only, by a note naming that profile (``profile_note``).
 """
 from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -61,9 +64,38 @@ def reproduce(profile: str, only: str | None = None, inplace: bool = False, note
     for path, given in plan:
         output = path if inplace else out_dir / path.name
         print(f"[ersm reproduce] {profile}: {path.name} -> {output}", flush=True)
-        papermill.execute_notebook(str(path), str(output), parameters={} if inplace else given,
-                                   cwd=str(notebooks_dir), kernel_name="python3", progress_bar=False)
+        source = path if inplace or profile == "ci" else _with_profile_note(path, profile, out_dir)
+        try:
+            papermill.execute_notebook(str(source), str(output), parameters={} if inplace else given,
+                                       cwd=str(notebooks_dir), kernel_name="python3", progress_bar=False)
+        finally:
+            if source != path:
+                os.unlink(source)
     return gather(profile, [path.stem for path, _ in plan], executed=not inplace)
+
+
+PROFILE_CELL = "**Profile.**"
+
+
+def profile_note(profile: str, stem: str) -> str:
+    """The ``**Profile.**`` cell of a notebook executed for ``profile`` (not ``ci``)."""
+    return (f"{PROFILE_CELL} The outputs stored here are the `{profile}` profile, run by `ersm reproduce --profile "
+            f"{profile}`: its parameters are in the cell tagged `injected-parameters` below (`ersm/profiles.py`), and "
+            f"its provenance (commit, package versions, device, CPU kernels, wall time) in `results/{profile}/{stem}.json`. "
+            f"The notebook in `notebooks/` holds the `ci` outputs, a smoke test that `pytest --nbval` re-executes.")
+
+
+def _with_profile_note(path: Path, profile: str, out_dir: Path) -> Path:
+    """A copy of ``path`` in ``out_dir`` whose ``**Profile.**`` markdown cell is ``profile_note``."""
+    book = json.loads(path.read_text())
+    cells = [cell for cell in book["cells"]
+             if cell["cell_type"] == "markdown" and "".join(cell["source"]).startswith(PROFILE_CELL)]
+    if len(cells) != 1:
+        raise ValueError(f"{path.name} has {len(cells)} markdown cells starting with {PROFILE_CELL!r}; expected 1")
+    cells[0]["source"] = profile_note(profile, path.stem)
+    prepared = out_dir / f".{path.stem}.input.ipynb"
+    atomic_write_text(prepared, json.dumps(book, indent=1, ensure_ascii=False))
+    return prepared
 
 
 def gather(profile: str, notebooks: list[str], executed: bool = True) -> Path:

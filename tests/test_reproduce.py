@@ -12,13 +12,14 @@ import nbformat
 import pytest
 
 from ersm.profiles import parameters
-from ersm.reproduce import declared_parameters, reproduce
+from ersm.reproduce import declared_parameters, profile_note, reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = "01_fixture"
 INJECTED = {"PROFILE": "full", "SEEDS": [0, 1], "SCALE": 2.0}
 
 PARAMETERS_CELL = 'PROFILE = "ci"\nSEEDS = [0]\nSCALE = 1.0'
+CI_NOTE = "**Profile.** The outputs stored here are the `ci` profile."
 # the claim's numbers are computed from the parameters, so the table shows whether they were injected
 RESULTS_CELL = '''\
 import ersm.results
@@ -38,7 +39,7 @@ def notebooks(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "notebooks"
     folder.mkdir()
     book = nbformat.v4.new_notebook()
-    book.cells = [nbformat.v4.new_markdown_cell("# Fixture"),
+    book.cells = [nbformat.v4.new_markdown_cell("# Fixture"), nbformat.v4.new_markdown_cell(CI_NOTE),
                   nbformat.v4.new_code_cell(PARAMETERS_CELL, metadata={"tags": ["parameters"]}),
                   nbformat.v4.new_code_cell(RESULTS_CELL)]
     book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -65,6 +66,10 @@ def test_reproduce_runs_the_notebook_with_injected_parameters(notebooks, tmp_pat
     # the executed notebook is kept beside its results, where a user opens it (and nbval never looks)
     kept = tmp_path / "results" / "full" / f"{FIXTURE}.ipynb"
     assert kept.read_bytes() == (tmp_path / "runs" / "full" / f"{FIXTURE}.ipynb").read_bytes()
+    # its profile cell names the profile that ran; the notebook in notebooks/ keeps its ci note, and no copy is left
+    assert executed.cells[1].source == profile_note("full", FIXTURE) and "`full` profile" in executed.cells[1].source
+    assert nbformat.read(notebooks / f"{FIXTURE}.ipynb", as_version=4).cells[1].source == CI_NOTE
+    assert sorted(p.name for p in (tmp_path / "runs" / "full").iterdir()) == [f"{FIXTURE}.ipynb", "results"]
 
     assert claims == tmp_path / "results" / "full" / "claims.md"
     table = claims.read_text()
@@ -197,3 +202,12 @@ def test_every_notebook_imports_ersm_before_numpy_or_pandas(path):
             assert module.split(".")[0] == "ersm", f"{path.name}: the first import is {module!r}, not ersm"
             return
     pytest.fail(f"{path.name} imports nothing")
+
+
+def test_a_notebook_without_its_profile_cell_is_refused_by_name(notebooks):
+    book = nbformat.read(notebooks / f"{FIXTURE}.ipynb", as_version=4)
+    del book.cells[1]
+    nbformat.write(book, notebooks / f"{FIXTURE}.ipynb")
+    with pytest.raises(ValueError, match=f"{FIXTURE}.ipynb has 0 markdown cells starting with '\\*\\*Profile.\\*\\*'"):
+        reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: dict(INJECTED))
+

@@ -131,6 +131,13 @@ def test_claim_families_add_the_power_analysis_seeds_to_the_compared_families_on
     assert accuracy.claim_families(base, [0, 1], [5, 1, 0])[common.DENSE] == families[common.DENSE]   # SEEDS first
 
 
+def test_seed_counts_name_the_added_seeds_only_when_there_are_some():
+    # ci trains every family at SEEDS: its header line must read as it did before ACCURACY_SEEDS existed
+    assert accuracy.seed_counts([0, 1], [0, 1]) == "2 seeds"
+    assert accuracy.seed_counts([0, 1], [1, 0]) == "2 seeds"
+    assert accuracy.seed_counts([0, 1, 2, 3, 4], list(range(10))) == "5 seeds (10 for dense and the ERSM variants)"
+
+
 @pytest.mark.parametrize("seeds, accuracy_seeds, message", [
     ([0, 1], [0, 2], r"accuracy_seeds=\[0, 2\] lacks seed\(s\) \[1\] of seeds=\[0, 1\]"),
     ([0, 1], [0, 1, 1], r"accuracy_seeds=\[0, 1, 1\] repeats a seed"),

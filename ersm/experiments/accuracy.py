@@ -63,6 +63,13 @@ def claim_families(base: TrainConfig, seeds: list[int], accuracy_seeds: list[int
     return {name: compared.get(name, runs) for name, runs in every.items()}
 
 
+def seed_counts(seeds: list[int], accuracy_seeds: list[int]) -> str:
+    """Notebook 01's seed count for its header line: ``"2 seeds"``, or ``"5 seeds (10 for dense and the
+    ERSM variants)"`` where ``claim_families`` trains the compared families at more seeds."""
+    extra = [seed for seed in accuracy_seeds if seed not in seeds]
+    return f"{len(seeds)} seeds" + (f" ({len(seeds) + len(extra)} for dense and the ERSM variants)" if extra else "")
+
+
 def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> pd.DataFrame:
     """Test accuracy in percent, one row per (model, seed)."""
     images, labels, _ = test

@@ -22,8 +22,8 @@ and trains the config's one model with ``DistributedDataParallel`` (``ersm.engin
   The weights therefore differ from a single-process run's; they do not depend on anything else.
 - **Files.** Only rank 0 writes: ``config.json``, checkpoints, ``metrics.jsonl``. Every rank
   reads the same checkpoint to resume (so the run folder must be on a shared file system across
-  machines); only rank 0 discards a corrupt one. Rank 0 scores validation and test after each
-  epoch and sends the record to the others; the loss terms and training accuracy are summed
+  machines); only rank 0 discards a corrupt one. Rank 0 scores validation (never the test split) after
+  each epoch and sends the record to the others; the loss terms and training accuracy are summed
   over all processes. BatchNorm buffers are copied from rank 0 after every epoch, so every
   process returns the same model.
 - **Downloads.** Rank 0 reads (and, if needed, downloads) the dataset first; the others wait.

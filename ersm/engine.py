@@ -13,9 +13,13 @@ What one call does, in this order:
 2. moves the model to ``device``, builds the optimizer and the learning-rate schedule;
 3. with a ``run_dir``: resumes from its verified checkpoint (``ersm.checkpoint``), if any;
 4. per epoch: draws the epoch's order (and the batch augmentation) from a generator seeded by
-   ``(seed, epoch)``, takes one :func:`train_step` per batch, scores ``validation`` and ``test``,
-   appends a record to the history and, with a ``run_dir``, writes the checkpoint and
-   ``metrics.jsonl``.
+   ``(seed, epoch)``, takes one :func:`train_step` per batch, scores ``validation``, appends a
+   record to the history and, with a ``run_dir``, writes the checkpoint and ``metrics.jsonl``.
+
+The test split is sealed: ``fit`` takes no test data and scores none (a ``test=`` argument is
+refused with ``ValueError``), so that nothing decided during training or tuning (convergence,
+trial selection, a glance at the curves) can have seen it. The test split is read by the claim
+notebooks only, after training.
 
 Because each epoch's randomness comes from ``(seed, epoch)`` alone, a run stopped after an epoch
 and resumed ends with the same weights as an uninterrupted one. The checkpoint also holds torch's
@@ -37,14 +41,17 @@ Data (``data``):
 
 Records (one per epoch): ``epoch``, the means over the epoch's training items of ``loss``,
 ``cross_entropy``, ``l_reg`` and ``train_accuracy`` (taken in training mode, as the batches
-went by), ``val_accuracy`` (with ``validation``), ``test_accuracy`` and, for a model with an
-Energy-Mask Layer, ``mean_mask`` and ``share_mask_below_<t>`` for ``t`` in
-:data:`MASK_THRESHOLDS` (with ``test``; the model's first layer), and ``seconds``.
+went by); with ``validation``: ``val_accuracy`` and, for a model with an Energy-Mask Layer,
+``val_mean_mask`` and ``val_share_mask_below_<t>`` for ``t`` in :data:`MASK_THRESHOLDS` (the
+model's first layer, on the validation images); and ``seconds``. Histories written before the
+test split was sealed hold ``test_accuracy``, ``mean_mask`` and ``share_mask_below_<t>`` (on the
+test split) instead of the ``val_`` mask statistics; they stay as they were, and readers such as
+``ersm.plots`` take either (:data:`VALIDATION_PREFIX`).
 
 Several processes: inside a ``torch.distributed`` process group of more than one process
 (``torchrun``; ``ersm.distributed``) the model is wrapped in ``DistributedDataParallel``, each
 process takes its share of every global batch, the epoch's loss terms are summed over all
-processes, rank 0 alone scores ``validation`` and ``test`` (the record is sent to the others)
+processes, rank 0 alone scores ``validation`` (the record is sent to the others)
 and writes ``run_dir``; every process returns the same model.
 
 Numerics: on CUDA the forward pass runs under bfloat16 autocast (``amp=True``) and the loss in
@@ -93,10 +100,21 @@ from ersm.paths import atomic_write_text
 from ersm.seeding import DEVICES, derived_seed, resolve_device
 
 MASK_THRESHOLDS = (0.05, 0.1, 0.25)
+VALIDATION_PREFIX = "val_"  # history keys of the validation scores: val_accuracy, val_mean_mask, ...
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("onecycle", None)
 DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 3e-3, 5e-4
 EVAL_BATCH = 500
+
+
+class _Refused:
+    """The default of ``fit(test=...)``: any value a caller passes is refused (the test split is sealed)."""
+
+    def __repr__(self) -> str:
+        return "<refused: training never scores the test split>"
+
+
+_TEST_REFUSED = _Refused()
 
 
 class Fitted(NamedTuple):
@@ -157,8 +175,9 @@ def _finite_everywhere(model: nn.Module, total: torch.Tensor) -> bool:
 def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 64,
         optimizer: str | torch.optim.Optimizer = "adamw", lr: float | None = None, weight_decay: float | None = None,
         scheduler="onecycle", augment: Callable | None = None, seed: int = 0, device=None, amp: bool = True,
-        validation=None, test=None, run_dir=None, checkpoint_extra: dict | None = None, name: str = "model",
-        progress: bool | None = None, stop_after_epoch: int | None = None, num_workers: int = 0) -> Fitted:
+        validation=None, test=_TEST_REFUSED, run_dir=None, checkpoint_extra: dict | None = None, name: str = "model",
+        progress: bool | None = None, stop_after_epoch: int | None = None, num_workers: int = 0,
+        draws_after_scoring: int = 0) -> Fitted:
     """Train ``model`` on ``data`` for ``epochs`` epochs; returns :class:`Fitted` ``(model, history)``.
 
     Args:
@@ -180,19 +199,33 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
             ``"cuda"`` or a ``torch.device``.
         amp: bfloat16 autocast on CUDA.
         validation: ``(images, labels[, masks])`` or a Dataset scored after every epoch
-            (``val_accuracy``).
-        test: likewise (``test_accuracy`` and the mask statistics).
+            (``val_accuracy`` and, with an Energy-Mask Layer, the ``val_`` mask statistics).
+        test: refused, whatever its value (``ValueError``): training never scores the test
+            split, so that no training or tuning decision can see it; the test split is for
+            the claim notebooks only. Kept in the signature to say so clearly to older callers.
         run_dir: folder for the resumable checkpoint and ``metrics.jsonl``; ``None`` writes nothing.
         checkpoint_extra: more entries for the checkpoint (``ersm.train`` stores its config).
         name: names the run in progress bars and error messages.
         progress: per-epoch progress bars (default: when stderr is a terminal).
         stop_after_epoch: end after this epoch's checkpoint, as if killed (for tests).
         num_workers: DataLoader workers for Dataset data.
+        draws_after_scoring: numbers drawn from torch's global CPU generator, and discarded,
+            after each epoch's scoring (by the process that scores), in place of evaluations
+            that no longer run. ``ersm.train`` passes 1 for Dataset data: there it used to
+            score the test split too, whose DataLoader drew one number per epoch, and layers
+            that draw training noise from that generator (``"hardconcrete"``) would otherwise
+            train to other weights than the ones their config hash names.
     """
+    if test is not _TEST_REFUSED:
+        raise ValueError(f"test={_describe(test)}: fit never scores the test split, so that no training or tuning "
+                         "decision (convergence, trial selection, the training curves) can have seen it; the test "
+                         "split is for the claim notebooks only, after training. Pass validation=... for per-epoch "
+                         "scores (val_accuracy and the val_ mask statistics)")
     plan = _check_arguments(model, data, epochs=epochs, beta=beta, batch_size=batch_size, optimizer=optimizer, lr=lr,
                             weight_decay=weight_decay, scheduler=scheduler, augment=augment, seed=seed, device=device,
-                            amp=amp, validation=validation, test=test, run_dir=run_dir, name=name, progress=progress,
-                            stop_after_epoch=stop_after_epoch, num_workers=num_workers)
+                            amp=amp, validation=validation, run_dir=run_dir, name=name, progress=progress,
+                            stop_after_epoch=stop_after_epoch, num_workers=num_workers,
+                            draws_after_scoring=draws_after_scoring)
     device = plan.device
     model.to(device)
     rank, size = distributed.world()
@@ -222,12 +255,11 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
         record = {"epoch": epoch + 1, **train_one_epoch(run, epoch)}
         distributed.sync_buffers(model)  # every process holds rank 0's model
         if rank == 0:
-            if validation is not None:
-                record["val_accuracy"] = evaluate(model, validation, num_workers)["accuracy"]
-            if test is not None:
-                scored = evaluate(model, test, num_workers)
-                record["test_accuracy"] = scored.pop("accuracy")
-                record.update(scored)
+            if validation is not None:  # accuracy and, with the layer, the mask statistics: val_<key>
+                scored = evaluate(model, validation, num_workers)
+                record.update({VALIDATION_PREFIX + key: value for key, value in scored.items()})
+            for _ in range(draws_after_scoring):  # what a DataLoader's iterator draws for its base seed
+                torch.empty((), dtype=torch.int64).random_()
             record["seconds"] = round(time.perf_counter() - started, 2)
         record = distributed.broadcast(record)
         history.append(record)
@@ -414,13 +446,25 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _describe(value) -> str:
+    """A short description of an argument's value for an error message (never a tensor's contents)."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)} item(s)"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return repr(value)
+    return type(value).__name__
+
+
 def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, weight_decay, scheduler, augment, seed,
-                     device, amp, validation, test, run_dir, name, progress, stop_after_epoch, num_workers) -> _Plan:
+                     device, amp, validation, run_dir, name, progress, stop_after_epoch, num_workers,
+                     draws_after_scoring) -> _Plan:
     """Every argument of :func:`fit`, checked before any work; returns the device and steps per epoch."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} must be a torch.nn.Module")
     for argument, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
-                                 ("num_workers", num_workers, 0)):
+                                 ("num_workers", num_workers, 0), ("draws_after_scoring", draws_after_scoring, 0)):
         if not _is_int(value) or value < low:
             raise ValueError(f"{argument}={value!r} must be an integer >= {low}")
     if stop_after_epoch is not None and (not _is_int(stop_after_epoch) or stop_after_epoch < 1):
@@ -460,9 +504,8 @@ def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, we
     if augment is not None and not isinstance(data, (tuple, list)):
         raise ValueError(f"augment={augment!r} applies to tensor data only; put per-item augmentation into the "
                          f"Dataset (data={type(data).__name__}), e.g. ersm.data.SeededTransform")
-    for argument, value in (("validation", validation), ("test", test)):
-        if value is not None:
-            _check_data(argument, value, model, batch_size, training=False)
+    if validation is not None:
+        _check_data("validation", validation, model, batch_size, training=False)
     return _Plan(device, steps)
 
 

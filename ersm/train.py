@@ -17,6 +17,12 @@ comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``v
   by ``(seed, epoch)``, so nothing but the checkpoint has to be restored.
 - A non-finite loss stops training with ``FloatingPointError`` naming epoch and step; the last
   good checkpoint stays on disk.
+- Training reads the training and validation splits only, never the test split: the per-epoch
+  records score the validation split (``val_accuracy`` and the ``val_`` mask statistics,
+  ``ersm.engine``). ``test_data`` and ``test_metadata`` below are for the claim notebooks,
+  which read the test split after training. Models trained before this rule keep their
+  histories (with ``test_accuracy`` and test-split mask statistics) and their cache keys: what
+  a model records never entered its config hash.
 - ``config.device``: CUDA with AMP (bfloat16), or the CPU with deterministic, portable kernels
   (``ersm/numerics.py``). The model stays on that device, so it is evaluated there too.
 - Models are built in ``channels_last`` memory format: on our 2-core CPU the SmallCNN then
@@ -108,7 +114,8 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
 
     The loop is :func:`ersm.engine.fit`; this function only turns the config into its arguments.
     The data (and any missing download) is ready before the first step; ``ValueError`` or
-    ``DatasetNotAvailable`` come before any training. ``stop_after_epoch`` ends the run early
+    ``DatasetNotAvailable`` come before any training. Only the training and validation splits
+    are loaded: the test split is not read here (module docstring). ``stop_after_epoch`` ends the run early
     (as if killed) after that epoch's checkpoint: for tests.
     """
     if not isinstance(config, TrainConfig):
@@ -117,8 +124,8 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     run_dir = run_dir or cache_dir() / config.digest()
     seed_everything(config.seed)
     device = distributed.local_device(config.torch_device())
-    data, validation, test = distributed.main_first(  # rank 0 downloads, the others wait
-        lambda: (training_set(config), evaluation_set(config, "validation"), evaluation_set(config, "test")))
+    data, validation = distributed.main_first(  # rank 0 downloads, the others wait; the test split is never read
+        lambda: (training_set(config), evaluation_set(config, "validation")))
     model = make_model(config).to(device)
     digits = config.dataset == DEFAULT_DATASET
     augment = functools.partial(_cutout, size=config.cutout_size) if digits and config.augmentation == "cutout" else None
@@ -130,10 +137,15 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     fitted = fit(model, data, epochs=config.epochs, beta=config.beta if config.is_ersm else 0.0,
                  batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
                  weight_decay=config.weight_decay, scheduler="onecycle", augment=augment, seed=config.seed,
-                 device=device, validation=validation, test=test, run_dir=run_dir,
+                 device=device, validation=validation, run_dir=run_dir,
                  checkpoint_extra={"config": config.to_dict()}, name=f"{config.model} seed {config.seed} "
                  f"(config {config.digest()})", progress=progress, stop_after_epoch=stop_after_epoch,
-                 num_workers=0 if digits else loader_workers(device))
+                 num_workers=0 if digits else loader_workers(device),
+                 # Until training stopped scoring the test split (issue 29), scoring it as a Dataset (the
+                 # real datasets) drew one number per epoch from torch's global generator, which the
+                 # hard-concrete gate's training noise also draws from; drawing it still keeps such a
+                 # model's weights the ones its unchanged config hash names. The digits are tensors: no draw.
+                 draws_after_scoring=0 if digits else 1)
     if distributed.is_main():
         _log_session(run_dir, event="end", epoch=_finished_epochs(run_dir), wall_seconds=round(time.perf_counter() - started, 1))
     return fitted.model

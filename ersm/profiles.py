@@ -50,7 +50,7 @@ COMMON = {
 SPECIFIC = {
     # rules v2: 1 point in both (v1: 0.5 in full). ACCURACY_SEEDS: the seeds of dense and of each ERSM variant in the
     # accuracy claim (ersm.experiments.accuracy.claim_families); full's 10 come from the power analysis of its 5-seed
-    # run (docs/rules.md, 2026-12-01); every other family and claim keeps SEEDS
+    # run (amendment v2.4, docs/rules.md); every other family and claim keeps SEEDS
     "01_training": {"ci": dict(MARGIN=1.0, ACCURACY_SEEDS=[0, 1]), "full": dict(MARGIN=1.0, ACCURACY_SEEDS=list(range(10)))},
     "02_emergent_sparsity": {"ci": dict(SWEEP_SEED=0, SWEEP={"lambda_unary": [5.0], "beta": [5.0]}, N_BOOT=2000),
                              "full": dict(SWEEP_SEED=0, SWEEP={"lambda_unary": [0.2, 5.0], "lambda_pair": [0.0], "beta": [5.0]},

@@ -1,4 +1,4 @@
-"""Verdict rules, fixed before any run, and the claim rows they produce.
+"""Verdict rules and the claim rows they produce (the rules: ``docs/rules.md``, version ``ersm.rules.VERSION``).
 
 Every rule reads only an *oriented* difference (``ERSM - baseline`` where larger is better,
 ``baseline - ERSM`` where smaller is better, so a positive value always favours the claim)
@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from ersm.checks import MIN_UNITS
+from ersm.rules import RULES_PAGE, VERSION
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
+RULES_TEXT = f"rules {VERSION}, {RULES_PAGE}; amended after test data existed"  # what every verdict prints
 NOT_CONVERGED = "INCONCLUSIVE (not converged)"  # rules v2: a claim whose models did not all converge (ersm.convergence)
 
 
@@ -66,7 +68,7 @@ class Claim:
 
     def describe(self, digits: int = 1) -> str:
         f = partial(number_text, digits=digits)
-        return (f"Claim: {self.claim}\nMetric: {self.metric}\nRule (fixed before the run): {self.rule}\n"
+        return (f"Claim: {self.claim}\nMetric: {self.metric}\nRule ({RULES_TEXT}): {self.rule}\n"
                 f"{self.baseline_name}: {f(self.baseline)} | ERSM: {f(self.ersm)} | "
                 f"difference: {f(self.difference)} [95% CI {f(self.lo)}, {f(self.hi)}]\n"
                 f"VERDICT: {self.verdict}")

@@ -9,7 +9,7 @@ first (MoRF, RISE deletion: lower is better); plus RISE insertion (higher is bet
 tracked quantity is the softmax probability of the class predicted on the clean image, and a
 curve's score is its trapezoid area.
 
-Rules v2 (`docs/rules.md#04-deletion-v2`), fixed before the run. Two primary rankings, each
+Rules v2 (`docs/rules.md#04-deletion-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Two primary rankings, each
 against the pre-mask feature magnitude (``rankings.MAGNITUDE``) of the same ERSM model: the
 total energy (``rankings.ENERGY``, importance ``-E``, the paper's "energy ranking") and the mask
 (``rankings.MASK``, low unary energy first). Protocol: feature space, LeRF (a larger area is

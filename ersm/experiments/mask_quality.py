@@ -9,7 +9,7 @@ top-k pixels with k = the object's area. A constant offset carries no location, 
 is shifted to a minimum of 0 per image before the mass share (the other three metrics do not
 change under such a shift).
 
-Rules v2 (`docs/rules.md#05-mask-quality-v2`), fixed before the run. Primary metric: per-pixel
+Rules v2 (`docs/rules.md#05-mask-quality-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Primary metric: per-pixel
 AUROC, per seed and test image (``[S, N]``, seeds paired by row, the same images in every
 column). For each strong baseline map (magnitude and Grad-CAM, in the dense model and in the ERSM
 model), the images whose AUROC is NaN in any seed of either map are dropped from that comparison,

@@ -7,7 +7,7 @@ a texture crop. Square patches favour models trained with square patches (arXiv 
 so the object and grid rows are reported beside them. Area under each robustness curve: the
 trapezoid over the fractions, divided by their range.
 
-Rules v2 (`docs/rules.md#03-occlusion-and-background-reliance-v2`), fixed before the run. Every
+Rules v2 (`docs/rules.md#03-occlusion-and-background-reliance-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Every
 interval is the rules v2 interval (``paired_rule_v2_interval``) of per-seed, per-image arrays
 ``[S, N]``: seeds paired by row, the same test images in every column.
 

@@ -1,6 +1,6 @@
 """Claim 2: sparsity emerges without a budget and adapts to each input (rules v2).
 
-Definitions, fixed before any run (`docs/rules.md#rules-v2`, section 02), applied to the masks
+Definitions of rules v2 (`docs/rules.md#rules-v2`, section 02; written before the ``full`` run), applied to the masks
 ``m`` of the test images at the masked stage (``layer2`` in the notebooks):
 
 - **Kept mass** of an image: ``k = mean_i m_i / max_j m_j`` over its token grid, the mean

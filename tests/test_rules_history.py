@@ -1,0 +1,122 @@
+"""docs/rules.md tells its own history: one heading per amendment in ersm/rules.py, and back.
+
+Rules v2 is kept as it was when the ``full`` run began; every later change is a dated, numbered
+amendment (``ersm.rules.AMENDMENTS``). These tests parse the page's Markdown headings and check
+that the page and the module agree, that the false sentence about the test split is gone, and
+that every link into the page from the repository lands on a heading that exists.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ersm import rules
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "rules.md"
+FALSE_SENTENCE = "before any `full` model was scored on the test split"
+AMENDMENT_HEADING = re.compile(r"^(v2\.\d+)\b")
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def headings(text: str) -> list[str]:
+    """The text of every ATX heading (``#`` to ``######``) outside fenced code blocks."""
+    found, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match and not fenced:
+            found.append(match.group(1))
+    return found
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.lower())
+    return text.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in headings(text):
+        base = slug(heading)
+        count = seen.get(base, 0)
+        out.add(base if count == 0 else f"{base}-{count}")
+        seen[base] = count + 1
+    return out
+
+
+def amendment_headings(text: str) -> list[tuple[str, list[str]]]:
+    """``(version, dates)`` of every heading that starts with an amendment number, in order."""
+    out = []
+    for heading in headings(text):
+        match = AMENDMENT_HEADING.match(heading)
+        if match:
+            out.append((match.group(1), DATE.findall(heading)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    return PAGE.read_text(encoding="utf-8")
+
+
+def test_every_amendment_has_a_heading_with_its_version_and_date(page):
+    found = amendment_headings(page)
+    for amendment in rules.AMENDMENTS:
+        matching = [dates for version, dates in found if version == amendment.version]
+        assert len(matching) == 1, f"{amendment.version}: {len(matching)} headings in docs/rules.md, expected 1"
+        assert matching[0] == [amendment.date], \
+            f"{amendment.version}: heading dates {matching[0]}, ersm/rules.py says {amendment.date}"
+
+
+def test_every_amendment_heading_is_in_the_module_in_the_same_order(page):
+    assert [version for version, _ in amendment_headings(page)] == [a.version for a in rules.AMENDMENTS]
+
+
+def test_amendments_are_numbered_in_order_and_dated_in_order():
+    versions = [a.version for a in rules.AMENDMENTS]
+    assert versions == [f"v2.{i}" for i in range(1, len(versions) + 1)]
+    dates = [a.date for a in rules.AMENDMENTS]
+    assert all(DATE.fullmatch(d) for d in dates) and dates == sorted(dates)
+    assert all(d > rules.V2_DATE for d in dates)
+    assert rules.VERSION == versions[-1]
+
+
+def test_the_false_sentence_is_gone(page):
+    assert FALSE_SENTENCE not in page
+
+
+def test_applied_text_names_the_version_v2_and_the_page():
+    text = rules.applied_text()
+    assert text.startswith(f"rules {rules.VERSION} (v2 of {rules.V2_DATE}")
+    assert "after test scores existed" in text and text.endswith("docs/rules.md)")
+    assert f"{rules.AMENDMENTS[0].version}-{rules.VERSION}" in text
+
+
+def _linking_files():
+    yield ROOT / "README.md"
+    yield from sorted((ROOT / "docs").glob("*.md"))
+    yield from sorted((ROOT / "ersm").rglob("*.py"))
+    yield from sorted((ROOT / "notebooks").glob("*.ipynb"))
+    yield from sorted((ROOT / "results").glob("*/*.ipynb"))
+
+
+def test_links_into_the_rules_page_land_on_a_heading(page):
+    targets = anchors(page)
+    broken = []
+    for path in _linking_files():
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ipynb":  # the cells' text, unescaped
+            text = "\n".join("".join(cell.get("source", [])) + "".join(
+                "".join(out.get("text", [])) for out in cell.get("outputs", []))
+                for cell in json.loads(text)["cells"])
+        pattern = r"\(#([\w\-]+)\)" if path == PAGE else r"rules\.md#([\w\-]+)"
+        for anchor in re.findall(pattern, text):
+            if anchor not in targets:
+                broken.append(f"{path.relative_to(ROOT)}: #{anchor}")
+    assert not broken, "links to missing headings of docs/rules.md:\n" + "\n".join(broken)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("folder", type=Path, help="the folder of exported models, e.g. models/full")
     table = commands.add_parser("table", help="print the claims table of one profile's results (with each notebook's commit)")
     table.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
-    table.add_argument("--readme", action="store_true", help="also write it between the README's claims markers")
+    table.add_argument("--readme", action="store_true", help="also write the table and the findings between the README's claims and findings markers")
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
     commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the committed results")
@@ -88,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             copy = export_models if args.direction == "export" else import_models
             print(f"[ersm models] {args.direction} {args.folder}: {copy(args.folder).summary()}")
         elif args.command == "table":
+            from ersm import findings
             from ersm.reproduce import claims_table, update_readme
 
             print(claims_table(args.profile), end="")
+            print(findings.findings(args.profile), end="")
             if args.readme:
-                print(f"written into {update_readme(args.profile)}")
+                update_readme(args.profile)
+                print(f"claims table and findings written into {findings.update_readme(args.profile)}")
         elif args.command == "bench":
             from ersm.bench import main as bench
 

@@ -110,6 +110,9 @@ def gather(profile: str, notebooks: list[str], executed: bool = True) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{stem} ran but wrote no results JSON at {path}")
         atomic_write_bytes(target / path.name, path.read_bytes())
+        arrays = path.with_suffix(".npz")  # the per-image arrays (ersm.results), where the notebook wrote them
+        if arrays.exists():
+            atomic_write_bytes(target / arrays.name, arrays.read_bytes())
         if executed:
             notebook = source.parent / f"{stem}.ipynb"
             atomic_write_bytes(target / notebook.name, notebook.read_bytes())

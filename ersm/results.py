@@ -2,9 +2,16 @@
 
 Notebooks write to ``runs/<profile>/results/<notebook>.json`` (git-ignored, so tests never touch
 committed files); ``ersm reproduce`` gathers them into ``results/<profile>/``.
+
+Beside each JSON, ``<notebook>.npz`` (numpy's compressed archive) holds the per-seed, per-image
+arrays the notebook's intervals were computed from (``Run.save(..., arrays=...)``): each key is
+a ``|``-joined path such as ``correct|ERSM paper`` and each value an array whose first axis is
+the seed, e.g. ``[S, N]``. A third party can recompute every image-level interval from them
+(``load_arrays``; ``tests/test_results_arrays.py`` recomputes one).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
@@ -15,7 +22,7 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from ersm.paths import atomic_write_text, repo_root, runs_dir
+from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, runs_dir
 from ersm import numerics
 from ersm.seeding import resolve_device
 
@@ -62,16 +69,61 @@ class Run:
         self.notebook, self.profile, self.parameters = notebook, profile, parameters
         self.started = time.time()
 
-    def save(self, payload: dict) -> dict:
+    def save(self, payload: dict, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """Write the results JSON and, with ``arrays`` (``{"a|b": array}``), the per-image archive beside it."""
+        if arrays is not None:
+            check_arrays(arrays)
         record = {
             "notebook": self.notebook, "profile": self.profile, "parameters": self.parameters,
             "provenance": {**git_state(), "versions": versions(), "device": device_description(self.parameters.get("DEVICE", "auto")), "cpu": numerics.describe(),
                            "wall_seconds": round(time.time() - self.started, 1)},
             **payload,
         }
-        atomic_write_text(runs_dir() / self.profile / "results" / f"{self.notebook}.json",
-                          json.dumps(json_safe(record), indent=1, sort_keys=True, allow_nan=False))
+        folder = runs_dir() / self.profile / "results"
+        if arrays is not None:  # the archive first: a JSON never points at arrays that are not there
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            atomic_write_bytes(folder / f"{self.notebook}.npz", buffer.getvalue())
+        atomic_write_text(folder / f"{self.notebook}.json", json.dumps(json_safe(record), indent=1, sort_keys=True, allow_nan=False))
         return record
+
+
+ARRAY_SEPARATOR = "|"
+
+
+def check_arrays(arrays) -> None:
+    """``arrays``: a non-empty dict of non-empty string keys to numpy arrays (not objects)."""
+    if not isinstance(arrays, dict) or not arrays:
+        raise ValueError(f"arrays must be a non-empty dict {{name: numpy array}}, got arrays={arrays!r:.80}")
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"arrays has the key {key!r}; keys must be non-empty strings")
+        if not isinstance(value, np.ndarray) or value.dtype == object:
+            raise ValueError(f"arrays[{key!r}] must be a numeric or boolean numpy array, got {type(value).__name__}")
+
+
+def array_key(*parts) -> str:
+    """``array_key("correct", "ERSM paper", 0)`` -> ``"correct|ERSM paper|0"``; a part may not hold ``|``."""
+    texts = [str(part) for part in parts]
+    for text in texts:
+        if ARRAY_SEPARATOR in text:
+            raise ValueError(f"array key part {text!r} contains {ARRAY_SEPARATOR!r}, which joins the parts")
+    return ARRAY_SEPARATOR.join(texts)
+
+
+def load_arrays(results_json) -> dict[str, np.ndarray]:
+    """The per-image arrays saved beside ``results_json`` (a path to ``<notebook>.json``).
+
+    A results folder written before the arrays existed has no archive: that is refused with a
+    ``FileNotFoundError`` naming the file, not a ``KeyError`` later."""
+    from pathlib import Path
+
+    archive = Path(results_json).with_suffix(".npz")
+    if not archive.exists():
+        raise FileNotFoundError(f"no per-image arrays at {archive}: these results were written without them "
+                                f"(re-run the notebook with `ersm reproduce` to write them)")
+    with np.load(archive, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 def json_safe(value):

@@ -1,6 +1,6 @@
 """Claim 1: classification accuracy is preserved (ERSM vs. the same backbone without the layer).
 
-Rules v2 (`docs/rules.md#01-accuracy-v2`), fixed before the run:
+Rules v2 (`docs/rules.md#01-accuracy-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed):
 
 - Non-inferiority of ERSM against dense: the Student-t 95% interval over seeds of the per-seed
   difference ``accuracy(ERSM) - accuracy(dense)`` (paired by seed) must lie above ``-margin``
@@ -19,7 +19,7 @@ Rules v2 (`docs/rules.md#01-accuracy-v2`), fixed before the run:
   (``claim_families``: dense and each ERSM variant, notebook 01's ``ACCURACY_SEEDS``); the
   other families of the accuracy table (dense + Cutout, the ``beta = 0`` controls) are
   descriptive and keep the profile's ``SEEDS``, as do the other claims. The ``full`` value came
-  from one re-estimation on the measured ``s`` (`docs/rules.md`, change log of 2026-12-01).
+  from one re-estimation on the measured ``s`` (amendment v2.4 of 2026-12-01, made after the 5-seed verdicts were read; `docs/rules.md`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 from ersm.config import TrainConfig
 from ersm.experiments.common import ALL_MODELS, DENSE, ERSM_MODELS, family, paired_seed_difference
-from ersm.inference import accuracy
+from ersm.inference import accuracy, correct
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_inferiority
 
@@ -75,6 +75,13 @@ def accuracy_frame(models: dict[str, list], configs: dict[str, list], test) -> p
     images, labels, _ = test
     return pd.DataFrame([{"model": name, "seed": config.seed, "accuracy": 100 * accuracy(model, images, labels)}
                          for name in models for model, config in zip(models[name], configs[name])])
+
+
+def correctness(models: dict[str, list], configs: dict[str, list], test) -> dict[str, np.ndarray]:
+    """``{family: bool [S, N]}``: each seed's top-1 correctness on each test image (rows in the
+    order of ``configs[family]``); ``accuracy_frame`` is its mean, in percent."""
+    images, labels, _ = test
+    return {name: np.stack([correct(model, images, labels).numpy() for model in models[name]]) for name in models}
 
 
 def accuracy_claim(frame: pd.DataFrame, treatment: str, margin: float, power: float | None = None) -> Claim:

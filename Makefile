@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.ersm-installed
 PROFILE ?= ci
 
-.PHONY: install test unit nbval reproduce notebooks full bench clean-cache
+.PHONY: install test unit nbval reproduce notebooks full bench gpu-check clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -46,6 +46,13 @@ full: install
 
 bench: install
 	$(PYTHON) -m ersm bench
+
+## make gpu-check [GPU_CHECK_ARGS=--dry-run]: the prepared check of the CUDA path, at most 8 minutes on one GPU
+## (ersm/gpu_check.py; writes results/gpu/check.json); without a GPU it prints one line and exits 0.
+## On a lent GPU machine, whose python3 holds torch and which cannot install: make gpu-check PYTHON=python3
+GPU_CHECK_ARGS ?=
+gpu-check: $(if $(filter command line,$(origin PYTHON)),,install)
+	@$(PYTHON) -m ersm gpu-check $(GPU_CHECK_ARGS)
 
 clean-cache:
 	rm -rf runs/cache

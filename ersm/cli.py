@@ -1,5 +1,5 @@
 """Command line: ``ersm train``, ``reproduce``, ``warm``, ``models``, ``table``, ``bench``, ``fingerprint``,
-``check-portable`` (also ``python -m ersm``)."""
+``check-portable``, ``gpu-check`` (also ``python -m ersm``)."""
 from __future__ import annotations
 
 import argparse
@@ -34,9 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--readme", action="store_true", help="also write the table and the findings between the README's claims and findings markers")
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
-    commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the committed results")
+    fingerprint = commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the "
+                                                          "committed results (--trace/--compare: where two CPUs part, ersm/trace.py)")
+    fingerprint.add_argument("--trace", nargs="?", const="", metavar="PATH",
+                             help="also write a hash of every step of the run to PATH (default <cpu>-<fingerprint>.json)")
+    fingerprint.add_argument("--compare", metavar="TRACE", help="re-run here and print the first step that departs from "
+                             "TRACE (a trace file or a committed trace's name); exit 0 all match, 1 differ, 2 not comparable")
     commands.add_parser("check-portable", help="exit 0 if this machine can reproduce the committed notebook outputs, "
                                                "else print why in one line and exit 3")
+    gpu = commands.add_parser("gpu-check", help="the prepared check of the CUDA path on a lent GPU (ersm/gpu_check.py): "
+                                                "CUDA tests, full-size models, warm throughput, results/gpu/check.json; "
+                                                "without a GPU one line and exit 0")
+    gpu.add_argument("--dry-run", action="store_true", help="list every step with its expected time; run nothing")
+    gpu.add_argument("--budget-seconds", default="480", metavar="SECONDS",
+                     help="stop the check this many seconds after its start, with what it has (at most 480)")
+    gpu.add_argument("--readme", action="store_true",
+                     help="only write the README's GPU paragraph, rendered from results/gpu/check.json")
     return parser
 
 
@@ -100,10 +113,22 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.bench import main as bench
 
             bench(["--repeats", str(args.repeats)])
+        elif args.command == "gpu-check":
+            from ersm import gpu_check
+
+            budget = gpu_check.parse_budget(args.budget_seconds)  # refused before any work
+            if args.dry_run and args.readme:
+                raise ValueError("--dry-run and --readme are two different actions; give one")
+            if args.readme:
+                print(f"written into {gpu_check.update_readme()}")
+            elif args.dry_run:
+                print(gpu_check.dry_run_text(budget))
+            else:
+                return gpu_check.run_check(budget)
         elif args.command == "fingerprint":
             from ersm.fingerprint import main as fingerprint
 
-            return fingerprint()
+            return fingerprint(trace=args.trace, compare=args.compare)
         else:
             from ersm.numerics import portability_problem
 

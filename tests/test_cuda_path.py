@@ -20,6 +20,7 @@ from ersm.config import TrainConfig
 from ersm.engine import fit
 from ersm.paths import cache_dir
 from ersm.train import get_model, is_cached
+from helpers.sealed import seal_test_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -68,19 +69,7 @@ def test_a_gpu_trained_model_is_served_only_where_gpu_results_are_expected(monke
 
 
 def test_the_gpu_checks_training_unit_scores_the_validation_split_never_the_test_split(tmp_path, monkeypatch):
-    refused = []
-
-    def refuse(where: str):
-        refused.append(where)
-        raise AssertionError(f"{where} asked for the test split")
-
-    check, init = splits._check, ersm.data.digits.ClutteredDigits.__init__
-    monkeypatch.setattr(splits, "_check", lambda config, split, background: refuse(f"split {split!r}") if split == "test"
-                        else check(config, split, background))
-    monkeypatch.setattr(ersm.train, "test_data", lambda *args, **kwargs: refuse("ersm.train.test_data"))
-    monkeypatch.setattr(ersm.data.digits.ClutteredDigits, "__init__", lambda self, split, *args, **kwargs:
-                        refuse("ClutteredDigits('test')") if split == "test" else init(self, split, *args, **kwargs))
-    splits._digits.cache_clear()  # a split cached in memory would bypass the generator's guard
+    refused = seal_test_split(monkeypatch)
     config = TINY.replace(device="cuda")
     result = gpu_check.train_unit({"config": config.to_dict(), "run_dir": str(tmp_path / "run")})
     assert refused == [], refused

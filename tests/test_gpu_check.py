@@ -25,6 +25,7 @@ import ersm.train
 from ersm import gpu_check
 from ersm.cli import main
 from ersm.config import TrainConfig
+from helpers.sealed import seal_test_split
 
 KNOWN_CUDA_TESTS = ("tests/test_layer.py::test_cuda_and_amp_match_cpu", "tests/test_contract.py::test_no_host_sync_on_cuda",
                     "tests/test_cuda_path.py::test_training_runs_in_bfloat16_and_evaluation_on_the_training_device",
@@ -269,27 +270,6 @@ def test_a_model_step_passes_only_with_the_same_validation_split_and_an_accuracy
 # --- the scoring of a model trained in step 2: validation only ----------------------------------------------
 
 TINY = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8, device="cpu")
-
-
-def seal_test_split(monkeypatch) -> list[str]:
-    """Make the roads to the test split raise (the split functions all pass ``ersm.data.splits._check``;
-    ``ersm.train``'s test loaders; the digit generator itself); returns the refused requests, so that a
-    swallowed refusal still fails a test."""
-    refused: list[str] = []
-
-    def refuse(where: str):
-        refused.append(where)
-        raise AssertionError(f"{where} asked for the test split")
-
-    check, init = splits._check, ersm.data.digits.ClutteredDigits.__init__
-    monkeypatch.setattr(splits, "_check", lambda config, split, background: refuse(f"split {split!r}") if split == "test"
-                        else check(config, split, background))
-    monkeypatch.setattr(ersm.train, "test_data", lambda *args, **kwargs: refuse("ersm.train.test_data"))
-    monkeypatch.setattr(ersm.train, "test_metadata", lambda *args, **kwargs: refuse("ersm.train.test_metadata"))
-    monkeypatch.setattr(ersm.data.digits.ClutteredDigits, "__init__", lambda self, split, *args, **kwargs:
-                        refuse("ClutteredDigits('test')") if split == "test" else init(self, split, *args, **kwargs))
-    splits._digits.cache_clear()  # a split cached by an earlier test would bypass the generator's guard
-    return refused
 
 
 def guard_is_live(refused: list[str]) -> None:

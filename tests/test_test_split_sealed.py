@@ -29,78 +29,21 @@ from ersm.cli import main
 from ersm.config import TrainConfig
 from ersm.paths import cache_dir, data_dir
 from helpers.fixtures import write_cifar
+from helpers.sealed import TestSplitRead, clear_split_caches, seal_test_split
 
 TINY = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8)
 CIFAR = TrainConfig(dataset="cifar10", model="paper", width=8, proj_dim=8, n_train=16, n_val=4, n_test=6, epochs=1,
                     batch_size=8, device="cpu")
 
 
-class TestSplitRead(AssertionError):
-    """Raised by the guards below when something asks for the test split."""
-
-    __test__ = False  # not a test class, despite its name
-
-
 @pytest.fixture
 def sealed(tmp_path, monkeypatch) -> list[str]:
-    """Make every road to the test split raise :class:`TestSplitRead`; returns the list of
-    refused requests (where, what), so that a swallowed refusal still fails the test."""
+    """Every road to the test split raises :class:`TestSplitRead` (``helpers/sealed.py``); returns the
+    list of refused requests, so that a swallowed refusal still fails the test."""
     monkeypatch.setenv("ERSM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ERSM_DATA", str(tmp_path / "data"))
-    refused: list[str] = []
-
-    def refuse(where: str) -> None:
-        refused.append(where)
-        raise TestSplitRead(f"{where} asked for the test split during training or tuning")
-
-    # 1. the public split functions (load_split, evaluation_set, training_set, split_metadata) all check here
-    check = splits._check
-
-    def guarded_check(config, split, background):
-        if split == "test":
-            refuse(f"ersm.data.splits (split={split!r}, background={background!r})")
-        return check(config, split, background)
-
-    monkeypatch.setattr(splits, "_check", guarded_check)
-
-    # 2. the copies of those names that modules imported before the patch (ersm.train, ersm.data)
-    def guard_split_argument(module, name):
-        original = getattr(module, name)
-
-        def guarded(config, split="test", *args, **kwargs):
-            if split == "test":
-                refuse(f"{module.__name__}.{name}")
-            return original(config, split, *args, **kwargs)
-
-        monkeypatch.setattr(module, name, guarded)
-
-    for module in (ersm.train, ersm.data, splits):
-        for name in ("load_split", "evaluation_set", "split_metadata"):
-            guard_split_argument(module, name)
-
-    # 3. the generator of the digit splits, and 4. the real datasets' official test part
-    init = ersm.data.digits.ClutteredDigits.__init__
-
-    def guarded_init(self, split, *args, **kwargs):
-        if split == "test":
-            refuse("ClutteredDigits('test', ...)")
-        init(self, split, *args, **kwargs)
-
-    monkeypatch.setattr(ersm.data.digits.ClutteredDigits, "__init__", guarded_init)
-    base = splits._base
-
-    def guarded_base(dataset, root, part, download):
-        if part == "test":
-            refuse(f"the official {dataset} test split")
-        return base(dataset, root, part, download)
-
-    monkeypatch.setattr(splits, "_base", guarded_base)
-    # a split cached in memory by an earlier test would bypass the generator guard
-    splits._digits.cache_clear()
-    base.cache_clear()
-    yield refused
-    splits._digits.cache_clear()
-    base.cache_clear()
+    yield seal_test_split(monkeypatch)
+    clear_split_caches()
 
 
 def test_the_guards_catch_every_road_to_the_test_split(sealed):

@@ -21,7 +21,7 @@ same steps with hooks (``ersm.trace``) and writes a hash of every intermediate r
 images, each module's output, the loss, each gradient and the weights after each step.
 ``python -m ersm fingerprint --compare TRACE`` re-runs here and prints the first record where
 this machine departs from ``TRACE``. ``KNOWN_TRACES`` lists the committed traces (``ersm/traces/``);
-no trace of the reference CPU exists yet. On an AMD EPYC (the reference), run::
+no AMD trace exists yet. On an AMD EPYC (the reference until 2026-12-04), run::
 
     python -m ersm fingerprint --trace --compare intel-xeon-998ab8edcfdfde23
 
@@ -50,11 +50,13 @@ from ersm.engine import train_step
 from ersm.models import build_model
 from ersm.seeding import seed_everything
 
-# measured 2026-11-30 on an AMD EPYC (AVX2, no AVX-512) in portable mode, where the committed ci notebooks were
-# executed; tests/test_numerics.py checks that a machine prints it or one of OTHER_CPUS
-REFERENCE = {"2.14.1+cu130": "08d79f2c490dd1fb"}
+# the portable-mode hash of the CPU where the committed ci notebooks were executed: an Intel Xeon with AVX-512
+# (2026-12-04, issue 29's re-execution; it was the reference until 2026-11-30 too); tests/test_numerics.py checks that
+# a machine prints it or one of OTHER_CPUS
+REFERENCE = {"2.14.1+cu130": "998ab8edcfdfde23"}
 # portable-mode hashes of other CPUs, which cannot reproduce the committed outputs (nbval is skipped there)
-OTHER_CPUS = {"2.14.1+cu130": {"998ab8edcfdfde23": "an Intel Xeon with AVX-512 (2026-11-23; the reference until then)"}}
+OTHER_CPUS = {"2.14.1+cu130": {"08d79f2c490dd1fb": "an AMD EPYC, with and without AVX-512 (2026-11-30 to 2026-12-03; "
+                                                   "the reference then)"}}
 # committed traces of the fingerprint run (python -m ersm fingerprint --trace), by name: ersm/traces/<name>.json
 TRACES_FOLDER = Path(__file__).resolve().parent / "traces"
 KNOWN_TRACES = {"intel-xeon-998ab8edcfdfde23": "an Intel Xeon with AVX-512, portable mode, torch 2.14.1+cu130 (2026-12)"}

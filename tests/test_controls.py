@@ -78,7 +78,7 @@ def test_deletion_rows_include_the_built_in_controls_and_the_regulariser_differe
     per_seed = deletion_areas(np.random.default_rng(0))
     rows = controls.deletion_rows(per_seed, n_boot=200)
     questions = [r["question"] for r in rows]
-    assert questions == [controls.VS_DENSE, controls.REGULARISER, controls.GATE, controls.BUILT_IN, controls.BUILT_IN]
+    assert questions == [controls.VS_DENSE, controls.REGULARISER, controls.GATE_RANKING, controls.BUILT_IN, controls.BUILT_IN]
     regulariser = rows[1]
     assert regulariser["difference"] == pytest.approx(0.1, abs=0.02)  # the paper's +0.2 head start less the control's +0.1
     post_mask, input_space = rows[3], rows[4]

@@ -9,7 +9,8 @@ per-image arrays as its verdict, with the same interval, and written into its re
 
 - ``VS_DENSE``: ERSM paper against the backbone without the layer (what the verdicts test);
 - ``REGULARISER``: ERSM paper against the same layer at ``beta = 0`` (the regulariser's own
-  effect), and ``GATE``: the layer at ``beta = 0`` against dense (the gate's own effect);
+  effect), and ``GATE``: the layer at ``beta = 0`` against dense (the gate's own effect; in
+  claim 04, ``GATE_RANKING``: the ``beta = 0`` layer's mask ranking against its own magnitude);
 - ``BUILT_IN``: where the method wins a comparison by construction, the control that removes
   the head start (claim 04: a mask multiplies the features, so in feature space the mask ranking
   must beat the *pre-mask* magnitude; the post-mask magnitude and input-space deletion do not
@@ -37,8 +38,9 @@ from ersm.verdicts import RULE_V2_INTERVAL, Claim, number_text
 VS_DENSE = "ERSM vs dense"
 REGULARISER = "regulariser: ERSM vs its beta=0"
 GATE = "gate alone: beta=0 vs dense"
+GATE_RANKING = "gate alone: beta=0 mask vs magnitude"  # claim 04: what the unregularised mask ranking does by itself
 BUILT_IN = "built-in control"
-QUESTIONS = (VS_DENSE, REGULARISER, GATE, BUILT_IN)
+QUESTIONS = (VS_DENSE, REGULARISER, GATE, GATE_RANKING, BUILT_IN)
 PAPER_CONTROL = CONTROLS[PAPER]
 SEED_T = "Student-t 95% interval over seeds of the per-seed difference, paired by seed"
 
@@ -156,7 +158,7 @@ def deletion_rows(per_seed: dict[str, list[dict]], n_boot: int) -> list[dict]:
         control_mask, control_magnitude = stack(PAPER_CONTROL, (primary, MASK)), stack(PAPER_CONTROL, (primary, MAGNITUDE))
         add("04 deletion", REGULARISER, f"{PAPER}: mask - magnitude", f"{PAPER_CONTROL}: mask - magnitude",
             f"{lerf}, mask ranking minus pre-mask magnitude ranking", paper_mask - paper_magnitude, control_mask - control_magnitude)
-        add("04 deletion", GATE, f"{PAPER_CONTROL} (mask ranking)", f"{PAPER_CONTROL} (magnitude ranking)", lerf,
+        add("04 deletion", GATE_RANKING, f"{PAPER_CONTROL} (mask ranking)", f"{PAPER_CONTROL} (magnitude ranking)", lerf,
             control_mask, control_magnitude)
     if (primary, MASKED_MAGNITUDE) in per_seed[PAPER][0]:
         add("04 deletion", BUILT_IN, f"{PAPER} (mask ranking)", f"{PAPER} (post-mask magnitude ranking)", lerf,

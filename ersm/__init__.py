@@ -11,9 +11,10 @@ from ersm.layer import EnergyMask, EnergyTerms, TermsCollector, collect_terms, e
 from ersm.loss import ersm_objective, regularization_loss  # noqa: E402
 from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at  # noqa: E402
 from ersm.engine import Fitted, fit, train_step  # noqa: E402
+from ersm.hardening import harden  # noqa: E402
 
 __all__ = [
     "EnergyMask", "EnergyTerms", "TermsCollector", "collect_terms", "energy_masks", "ersm_objective", "regularization_loss",
-    "SmallCNN", "build_model", "insert_energy_mask", "resnet18_cifar", "split_at", "Fitted", "fit", "train_step",
+    "SmallCNN", "build_model", "insert_energy_mask", "resnet18_cifar", "split_at", "Fitted", "fit", "train_step", "harden",
 ]
 __version__ = "0.1.0"

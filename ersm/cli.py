@@ -1,5 +1,5 @@
 """Command line: ``ersm train``, ``reproduce``, ``warm``, ``models``, ``table``, ``bench``, ``fingerprint``,
-``check-portable``, ``gpu-check`` (also ``python -m ersm``)."""
+``check-portable``, ``gpu-check``, ``bench-sparse`` (also ``python -m ersm``)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--readme", action="store_true", help="also write the table and the findings between the README's claims and findings markers")
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
+    bench_sparse = commands.add_parser("bench-sparse", help="print sparse-vs-dense timing ratios of the post-mask stages "
+                                                            "after a hard mask (ersm/bench_sparse.py)")
+    bench_sparse.add_argument("--repeats", type=int, default=5, help="interleaved repeats per measurement")
+    bench_sparse.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a busy CPU)")
     fingerprint = commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the "
                                                           "committed results (--trace/--compare: where two CPUs part, ersm/trace.py)")
     fingerprint.add_argument("--trace", nargs="?", const="", metavar="PATH",
@@ -113,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             from ersm.bench import main as bench
 
             bench(["--repeats", str(args.repeats)])
+        elif args.command == "bench-sparse":
+            from ersm.bench_sparse import main as bench_sparse
+
+            bench_sparse(["--repeats", str(args.repeats), "--threads", str(args.threads)])
         elif args.command == "gpu-check":
             from ersm import gpu_check
 

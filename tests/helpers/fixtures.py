@@ -6,6 +6,8 @@ import pickle
 
 import numpy as np
 from PIL import Image
+import torch
+from torch import nn
 
 
 def write_cifar(root, per_batch: int = 4, test: int = 6, seed: int = 0) -> None:
@@ -40,3 +42,16 @@ def write_pet(root, n_trainval: int = 6, n_test: int = 2) -> None:
             Image.fromarray(trimap).save(folder / "annotations" / "trimaps" / f"{image_id}.png")
             lines.append(f"{image_id} {label + 1} 1 1\n")
         (folder / "annotations" / f"{split}.txt").write_text("".join(lines))
+
+
+def randomise_batchnorm(model, seed: int = 1) -> None:
+    """Non-trivial BatchNorm running statistics and affine parameters, so that BN folding is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                n = bn.num_features
+                bn.weight.copy_(0.5 + torch.rand(n, generator=generator))
+                bn.bias.copy_(0.2 * torch.randn(n, generator=generator))
+                bn.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))

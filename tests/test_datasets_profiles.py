@@ -11,7 +11,6 @@ while another process trains).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest

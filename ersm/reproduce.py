@@ -58,6 +58,8 @@ def reproduce(profile: str, only: str | None = None, inplace: bool = False, note
     for path in notebook_paths(notebooks_dir, only):
         given = parameters_for(path.stem, profile)
         validate(path.stem, given, declared_parameters(path))
+        if not inplace and profile != "ci":
+            profile_cell_index(path)  # refused here, before the first notebook runs, not when its turn comes
         plan.append((path, given))
     out_dir = runs_dir() / profile
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,14 +87,20 @@ def profile_note(profile: str, stem: str) -> str:
             f"The notebook in `notebooks/` holds the `ci` outputs, a smoke test that `pytest --nbval` re-executes.")
 
 
+def profile_cell_index(path: Path, book: dict | None = None) -> int:
+    """The index of the one markdown cell of ``path`` that starts with ``PROFILE_CELL``; ValueError otherwise."""
+    book = json.loads(path.read_text()) if book is None else book
+    found = [i for i, cell in enumerate(book["cells"])
+             if cell["cell_type"] == "markdown" and "".join(cell["source"]).startswith(PROFILE_CELL)]
+    if len(found) != 1:
+        raise ValueError(f"{path.name} has {len(found)} markdown cells starting with {PROFILE_CELL!r}; expected 1")
+    return found[0]
+
+
 def _with_profile_note(path: Path, profile: str, out_dir: Path) -> Path:
     """A copy of ``path`` in ``out_dir`` whose ``**Profile.**`` markdown cell is ``profile_note``."""
     book = json.loads(path.read_text())
-    cells = [cell for cell in book["cells"]
-             if cell["cell_type"] == "markdown" and "".join(cell["source"]).startswith(PROFILE_CELL)]
-    if len(cells) != 1:
-        raise ValueError(f"{path.name} has {len(cells)} markdown cells starting with {PROFILE_CELL!r}; expected 1")
-    cells[0]["source"] = profile_note(profile, path.stem)
+    book["cells"][profile_cell_index(path, book)]["source"] = profile_note(profile, path.stem)
     prepared = out_dir / f".{path.stem}.input.ipynb"
     atomic_write_text(prepared, json.dumps(book, indent=1, ensure_ascii=False))
     return prepared

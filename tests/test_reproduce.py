@@ -211,3 +211,12 @@ def test_a_notebook_without_its_profile_cell_is_refused_by_name(notebooks):
     with pytest.raises(ValueError, match=f"{FIXTURE}.ipynb has 0 markdown cells starting with '\\*\\*Profile.\\*\\*'"):
         reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: dict(INJECTED))
 
+
+
+def test_a_notebook_without_its_profile_cell_is_refused_before_the_first_notebook_runs(notebooks, tmp_path):
+    book = nbformat.read(notebooks / f"{FIXTURE}.ipynb", as_version=4)
+    book.cells = [cell for cell in book.cells if not cell.source.startswith("**Profile.**")]
+    nbformat.write(book, notebooks / "02_fixture.ipynb")  # the second notebook lacks the cell; the first has it
+    with pytest.raises(ValueError, match="02_fixture.ipynb has 0 markdown cells starting with"):
+        reproduce("full", notebooks_dir=notebooks, parameters_for=lambda stem, profile: dict(INJECTED))
+    assert not (tmp_path / "runs" / "full" / f"{FIXTURE}.ipynb").exists(), "the first notebook ran before the refusal"

@@ -48,6 +48,18 @@ def threshold(lo: float, hi: float, bar: float) -> str:
     return INCONCLUSIVE
 
 
+def overall_verdict(verdicts) -> str:
+    """SUPPORTED if every verdict is; NOT SUPPORTED if any is; else INCONCLUSIVE."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        raise ValueError("verdicts is empty; an overall verdict needs at least one row")
+    if all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED
+    if any(v == NOT_SUPPORTED for v in verdicts):
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
 @dataclass
 class Claim:
     """One row of the claims table."""

@@ -30,7 +30,7 @@ from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.metrics.stats import coefficient_of_variation
 from ersm.profiles import parameters
 from ersm.results import json_safe
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, overall_verdict
 
 ERSM_NAME, CONTROL, MAGNITUDE = "ERSM x", "ERSM x, beta=0", "dense (relative magnitude)"
 N_BOOT = 400
@@ -479,7 +479,7 @@ def test_adaptivity_claims_pair_the_dense_baseline_by_seed():
     ([SUPPORTED, SUPPORTED], SUPPORTED), ([SUPPORTED, INCONCLUSIVE], INCONCLUSIVE),
     ([INCONCLUSIVE, NOT_SUPPORTED], NOT_SUPPORTED), ([SUPPORTED, NOT_SUPPORTED], NOT_SUPPORTED)])
 def test_overall_verdict(verdicts, expected):
-    assert sparsity.overall_verdict(verdicts) == expected
+    assert overall_verdict(verdicts) == expected
 
 
 # ============================================================================= bad input

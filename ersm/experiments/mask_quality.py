@@ -30,8 +30,8 @@ from ersm.experiments import common
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
 from ersm.checks import check_seed_images
-from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, RULE_V2_INTERVAL, SUPPORTED, Claim, check_distinct,
-                           check_member, check_n_boot, superiority)
+from ersm.verdicts import (MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_member, check_n_boot, overall_verdict,
+                           superiority)
 
 METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "pixel AUROC", "top-k IoU")
 PRIMARY_METRIC = "pixel AUROC"
@@ -128,13 +128,9 @@ def quality_claims(scores: dict[str, dict[str, np.ndarray]], ersm_name: str, bas
             rule=f"superiority over every strong baseline; {RULE_V2_INTERVAL}; "
                  "overall SUPPORTED if every interval lies above 0, NOT SUPPORTED if any lies below 0",
             verdict=superiority(lo, hi)))
-    return claims, overall_verdict(claims)
+    return claims, overall_verdict(claim.verdict for claim in claims)
 
 
-def overall_verdict(claims: list[Claim]) -> str:
-    """SUPPORTED if every row is, NOT SUPPORTED if any row is NOT SUPPORTED, else INCONCLUSIVE."""
-    verdicts = {c.verdict for c in claims}
-    return NOT_SUPPORTED if NOT_SUPPORTED in verdicts else SUPPORTED if verdicts == {SUPPORTED} else INCONCLUSIVE
 
 
 def both_finite(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -50,8 +50,8 @@ from ersm.layer import energy_masks
 from ersm.metrics.hierarchical import paired_rule_v2_interval, seed_t_interval
 from ersm.metrics.stats import coefficient_of_variation
 from ersm.checks import check_seed_images
-from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, NOT_SUPPORTED, SUPPORTED, Claim, check_distinct, check_frame,
-                            check_member, check_seed_pairs, superiority)
+from ersm.verdicts import (MIN_UNITS, NOT_SUPPORTED, Claim, check_distinct, check_frame,
+                            check_member, check_seed_pairs, overall_verdict, superiority)
 
 SPATIAL_CV_BELOW = 0.01   # uniform
 GAP_TO_HALF_BELOW = 0.002  # collapsed at 0.5
@@ -471,18 +471,6 @@ def adaptivity_claims(frame: pd.DataFrame, treatment: str, control: str,
                  f"SUPPORTED only if both baselines are beaten{note}",
             verdict=superiority(lo, hi)))
     return claims, overall_verdict([claim.verdict for claim in claims])
-
-
-def overall_verdict(verdicts) -> str:
-    """SUPPORTED if every verdict is; NOT SUPPORTED if any is; else INCONCLUSIVE."""
-    verdicts = list(verdicts)
-    if not verdicts:
-        raise ValueError("verdicts is empty; an overall verdict needs at least one row")
-    if all(v == SUPPORTED for v in verdicts):
-        return SUPPORTED
-    if any(v == NOT_SUPPORTED for v in verdicts):
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
 
 
 def what_it_tracks(masks: dict, name: str, metadata: dict) -> pd.DataFrame:

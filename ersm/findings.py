@@ -19,7 +19,7 @@ import pandas as pd
 
 from ersm.experiments.common import DENSE, ERSM_MODELS, PAPER
 from ersm.metrics.stats import mean_ci
-from ersm.paths import atomic_write_text, repo_root, results_dir
+from ersm.paths import repo_root, results_dir, write_between_markers
 from ersm.verdicts import RULES_TEXT, number_text
 
 NOTEBOOKS = ("01_training", "02_emergent_sparsity", "03_occlusion_robustness", "04_deletion_vs_magnitude", "05_mask_quality")
@@ -102,8 +102,9 @@ def findings(profile: str) -> str:
     out = [run_facts(records), ""]
     for record in records:
         digits = 1 if record["notebook"] in ("01_training", "03_occlusion_robustness") else 3
-        out.append(f"**{record['notebook']}**, verdict{'s' if len(headline(record)) > 1 else ''} "
-                   f"of the paper's layer ({RULES_TEXT}): " + "; ".join(headline(record)) + ".")
+        verdicts = headline(record)
+        out.append(f"**{record['notebook']}**, verdict{'s' if len(verdicts) > 1 else ''} "
+                   f"of the paper's layer ({RULES_TEXT}): " + "; ".join(verdicts) + ".")
         rows = comparison_lines(record, digits)
         if rows:
             out += ["", "| question | treatment | baseline | metric | treatment | baseline | difference [95% CI] |",
@@ -127,22 +128,12 @@ def markers(kind: str, profile: str) -> tuple[str, str]:
     return f"<!-- {kind}:{profile} -->", f"<!-- /{kind}:{profile} -->"
 
 
-def replace_block(text: str, kind: str, profile: str, block: str, readme: Path) -> str:
-    """``text`` with ``block`` between the ``kind`` markers of ``profile``; ValueError naming them when absent."""
-    start, end = markers(kind, profile)
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} lacks the markers {start} ... {end}")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{block}{end}{tail}"
-
-
 def update_readme(profile: str) -> Path:
     """Write the findings of ``profile`` between the README's ``<!-- findings:<profile> -->`` markers."""
     readme = repo_root() / "README.md"
     if not readme.exists():
         raise ValueError(f"no README.md at {readme}")
-    atomic_write_text(readme, replace_block(readme.read_text(), "findings", profile, findings(profile), readme))
+    write_between_markers(readme, *markers("findings", profile), findings(profile))
     return readme
 
 

@@ -84,7 +84,7 @@ from typing import NamedTuple
 import torch
 
 from ersm.config import TrainConfig, from_dict
-from ersm.paths import PACKAGE_DIR, atomic_write_text, repo_root
+from ersm.paths import PACKAGE_DIR, atomic_write_text, repo_root, write_between_markers
 from ersm.profiles import PROFILE_NAMES
 
 BUDGET_SECONDS = 480.0      # issue 32: all of `make gpu-check` in at most 8 minutes of device time
@@ -797,12 +797,7 @@ def update_readme(check_file: Path | None = None, readme: Path | None = None) ->
         raise FileNotFoundError(f"{check_file} does not exist: `make gpu-check` has not run on a GPU yet (it writes that "
                                 f"file); nothing was written to {readme}")
     paragraph = readme_paragraph(load_check(check_file), source=check_file)
-    start, end = README_MARKERS
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} lacks the markers {start} ... {end}")
-    head, rest = text.split(start, 1)
-    atomic_write_text(readme, f"{head}{start}\n{paragraph}{end}{rest.split(end, 1)[1]}")
+    write_between_markers(readme, *README_MARKERS, paragraph)
     return readme
 
 

@@ -88,3 +88,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def write_between_markers(path: Path, start: str, end: str, block: str) -> None:
+    """Replace what lies between the lines ``start`` and ``end`` of the text file ``path`` with
+    ``block`` (atomically); ValueError naming the file and the markers when either is missing."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{path} lacks the markers {start} ... {end}")
+    head, rest = text.split(start, 1)
+    atomic_write_text(path, f"{head}{start}\n{block}{end}{rest.split(end, 1)[1]}")

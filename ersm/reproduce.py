@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, results_dir, runs_dir
+from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, results_dir, runs_dir, write_between_markers
 from ersm.profiles import PROFILE_NAMES, parameters, validate
 from ersm.verdicts import claims_markdown
 
@@ -154,13 +154,7 @@ def update_readme(profile: str, table: str | None = None) -> Path:
     ``<!-- claims:<profile> -->`` markers; ValueError when the README or a marker is missing."""
     table = claims_table(profile) if table is None else table
     readme = repo_root() / "README.md"
-    start, end = f"<!-- claims:{profile} -->", f"<!-- /claims:{profile} -->"
     if not readme.exists():
         raise ValueError(f"no README.md at {readme}")
-    text = readme.read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} lacks the markers {start} ... {end}")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write_text(readme, f"{head}{start}\n{table}{end}{tail}")
+    write_between_markers(readme, f"<!-- claims:{profile} -->", f"<!-- /claims:{profile} -->", table)
     return readme

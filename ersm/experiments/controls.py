@@ -23,16 +23,13 @@ LeRF area or AUROC; a *smaller* background gap).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from ersm.experiments import deletion, mask_quality, occlusion
-from ersm.experiments.common import CONTROLS, DENSE, PAPER
+from ersm.experiments.common import CONTROLS, DENSE, PAPER, paired_seed_difference
 from ersm.experiments.rankings import MAGNITUDE, MASK, MASKED_MAGNITUDE
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
-from ersm.metrics.stats import mean_ci
 from ersm.verdicts import RULE_V2_INTERVAL, Claim, number_text
 
 VS_DENSE = "ERSM vs dense"
@@ -85,7 +82,8 @@ def _seed_paired_accuracy(frame: pd.DataFrame, question: str, treatment: str, ba
     pivot = frame.pivot(index="seed", columns="model", values="accuracy")[[treatment, baseline]].dropna()
     if len(pivot) < 2:
         raise ValueError(f"{treatment!r} and {baseline!r} share {len(pivot)} seed(s) in frame; a t-interval needs 2")
-    diff, lo, hi = mean_ci((pivot[treatment] - pivot[baseline]).to_numpy())
+    shared = frame[frame["seed"].isin(pivot.index)]  # the seeds both families have (the added seeds pair dense and ERSM only)
+    diff, lo, hi = paired_seed_difference(shared, "accuracy", treatment, baseline)
     return row("01 accuracy", question, treatment, baseline, f"test accuracy (%), seeds {list(pivot.index)} paired",
                pivot[treatment].mean(), pivot[baseline].mean(), diff, lo, hi, SEED_T)
 
@@ -182,8 +180,3 @@ def mask_quality_rows(scores: dict[str, dict[str, np.ndarray]], n_boot: int) -> 
         claim = mask_quality.quality_claims(scores, treatment, [baseline], n_boot)[0][0]
         rows.append(from_claim("05 mask quality", question, claim, treatment))
     return rows
-
-
-def is_finite_row(entry: dict) -> bool:
-    """Whether a stored comparison has every number (a no-headroom occlusion row has NaN/None)."""
-    return all(entry.get(k) is not None and math.isfinite(entry[k]) for k in ("difference", "lo", "hi"))

@@ -39,7 +39,7 @@ from ersm import numerics
 from ersm.seeding import DEVICES, resolve_device
 
 MODELS = ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
-BACKBONES = ("small_cnn", "resnet18", "resnet18_imagenet", "resnet50_imagenet")
+BACKBONES = ("small_cnn", "resnet20", "resnet18", "resnet18_imagenet", "resnet50_imagenet")
 PRETRAINABLE = ("resnet18_imagenet", "resnet50_imagenet")  # torchvision has ImageNet weights for these
 AUGMENTATIONS = ("none", "cutout")
 OPTIMIZERS = ("adamw", "sgd")
@@ -75,7 +75,7 @@ DATASETS = {
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model: a dense backbone or its ERSM twin ---
-    backbone: str = "small_cnn"     # "small_cnn", "resnet18" (CIFAR stem), or torchvision's "resnet18_imagenet" /
+    backbone: str = "small_cnn"     # "small_cnn", "resnet20" (CIFAR ResNet-20), "resnet18" (CIFAR stem), or torchvision's "resnet18_imagenet" /
                                     # "resnet50_imagenet" (ImageNet stem, e.g. for oxford_pet)
     pretrained: bool = False        # ImageNet weights (the *_imagenet backbones only; downloaded by torchvision)
     width: int = 32                 # SmallCNN stem channels (the ci smoke profile uses 16)

@@ -7,6 +7,14 @@ initialisation for the same seed (the layer's parameters are created after the b
 
 - ``SmallCNN``: a 4-stage CNN for 1-channel 48x48 or 56x56 images (about 0.1 M parameters);
   ``layer2`` ends at 1/4 resolution (a 12x12 token grid on a 48x48 canvas).
+- ``resnet20``: the CIFAR ResNet-20 of He et al. (2016, section 4.2): a 3x3 stem of 16 channels,
+  then three stages of three basic blocks with 16, 32 and 64 channels (strides 1, 2, 2), 6n + 2
+  = 20 weighted layers at n = 3, about 0.27 M parameters. Deviation from that paper: where a
+  stage halves the resolution, the shortcut is a 1x1 strided convolution with BatchNorm (its
+  option B, torchvision's ``BasicBlock`` downsample), not the zero-padded identity (option A).
+  The blocks are torchvision's ``BasicBlock``, so ``ersm.sparse_exec`` runs them. ``layer2``
+  ends at 1/2 resolution (a 24x24 token grid on a 48x48 canvas); ``layer3`` is the last stage
+  (there is no ``layer4``).
 - ``resnet18_cifar``: torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
   max-pool), as in DeVries and Taylor (2017); ``layer2`` ends at 1/2 resolution.
 - ``resnet_imagenet("resnet18" | "resnet50")``: torchvision's ResNets with their ImageNet stem
@@ -29,6 +37,7 @@ import torch
 from torch import nn
 import torchvision
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
 
 from ersm.layer import EnergyMask, energy_masks
 
@@ -57,6 +66,38 @@ class SmallCNN(nn.Sequential):
             layer3=conv_bn_relu(2 * w, 4 * w, stride=2),
             head=classifier_head(4 * w, num_classes),
         ))
+
+
+RESNET20_CHANNELS = (16, 32, 64)
+RESNET20_BLOCKS = 3  # n in 6n + 2
+
+
+def _basic_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` torchvision BasicBlocks; the first one strides and, if the shape changes, projects its shortcut."""
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out_channels))
+    layers = [BasicBlock(in_channels, out_channels, stride=stride, downsample=downsample)]
+    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def resnet20(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    """CIFAR ResNet-20 as named stages ``stem, layer1, layer2, layer3, head``:
+    ``x [B, in_channels, H, W] -> logits [B, num_classes]`` (module docstring)."""
+    c1, c2, c3 = RESNET20_CHANNELS
+    model = nn.Sequential(OrderedDict(
+        stem=conv_bn_relu(in_channels, c1),
+        layer1=_basic_stage(c1, c1, RESNET20_BLOCKS, stride=1),
+        layer2=_basic_stage(c1, c2, RESNET20_BLOCKS, stride=2),
+        layer3=_basic_stage(c2, c3, RESNET20_BLOCKS, stride=2),
+        head=classifier_head(c3, num_classes),
+    ))
+    for module in model.modules():  # He et al.'s initialisation, as torchvision's ResNet applies it
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return model
 
 
 def resnet18_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
@@ -181,7 +222,7 @@ def split_at(model: nn.Sequential, stage: str) -> tuple[nn.Sequential, nn.Sequen
     return nn.Sequential(OrderedDict(children[:cut])), nn.Sequential(OrderedDict(children[cut:]))
 
 
-BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet18_cifar,
+BACKBONES = {"small_cnn": SmallCNN, "resnet20": resnet20, "resnet18": resnet18_cifar,
              "resnet18_imagenet": functools.partial(resnet_imagenet, "resnet18"),
              "resnet50_imagenet": functools.partial(resnet_imagenet, "resnet50")}
 

@@ -34,6 +34,21 @@ def test_insert_after_layer2(factory, channels):
     assert layers[0].terms is not None
 
 
+def test_resnet20_is_he_et_al_s_cifar_network():
+    """6n + 2 = 20 weighted layers (19 3x3 convolutions and the classifier; the two 1x1 projection
+    shortcuts are not counted), 16-32-64 channels, a 24x24 grid after layer2 on 48 px digits."""
+    model = ersm.build_model("resnet20", in_channels=1, num_classes=10, energy_mask=dict(proj_dim=16))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19 and sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 1
+    assert [n for n, _ in model.named_children()] == ["stem", "layer1", "layer2", "layer3", "head"]
+    dense = ersm.build_model("resnet20", in_channels=1, num_classes=10)
+    assert 0.26e6 < count_parameters(dense) < 0.28e6
+    layer = [m for m in model.modules() if isinstance(m, EnergyMask)][0]
+    assert layer.channels == 32
+    model(torch.rand(2, 1, 48, 48))
+    assert layer.terms.mask.shape[-2:] == (24, 24)
+
+
 def test_insert_bad_stage():
     with pytest.raises(ValueError, match="after='layer9'"):
         ersm.insert_energy_mask(ersm.SmallCNN(), after="layer9")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ersm.models import SmallCNN, resnet_imagenet
+from ersm.models import SmallCNN, resnet20, resnet_imagenet
 from ersm.sparse_exec import SparseStages, pool_mask, post_mask_units, read_by_windows, positions_of
 from helpers.fixtures import randomise_batchnorm
 
@@ -15,6 +15,7 @@ from helpers.fixtures import randomise_batchnorm
 BACKBONES = {
     "small_cnn_48": (lambda: SmallCNN(1, 5, width=8), 48, 1, ("layer3",)),
     "small_cnn_44": (lambda: SmallCNN(1, 5, width=8), 44, 1, ("layer3",)),  # 11x11 tokens: odd, ceil pooling
+    "resnet20_48": (lambda: resnet20(1, 5), 48, 1, ("layer3",)),  # 24x24 tokens -> 12x12, a projected shortcut
     "resnet18_80": (lambda: resnet_imagenet("resnet18", num_classes=5), 80, 3, ("layer3", "layer4")),  # 10 -> 5 -> 3
     "resnet50_64": (lambda: resnet_imagenet("resnet50", num_classes=5), 64, 3, ("layer3", "layer4")),  # 8 -> 4 -> 2
 }

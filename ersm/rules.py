@@ -14,6 +14,14 @@ why, and what had been seen. The ``full`` run applies v2 with all of them (``VER
 is exploratory for that reason; a confirmatory run under frozen rules v3 is the next step
 (issue 30).
 
+**Rules v3** (``docs/rules.md#rules-v3-confirmatory``) governs the confirmatory ``confirm``
+run. It was written and frozen on 2026-12-04 (``V3_DATE``), before any model of that run was
+trained. The frozen text is everything from ``V3_BEGIN`` to ``V3_END`` in ``docs/rules.md``,
+markers included, as UTF-8 bytes; its SHA-256 is ``V3_SHA256``. :func:`check_v3_frozen` refuses
+any other text (``RulesChanged``, naming both hashes), and the ``confirm`` profile calls it
+before a notebook runs and before the sealed test split opens. A change to v3 is an amendment
+below ``V3_END`` (``V3_AMENDMENTS``), never an edit between the markers.
+
 ``AMENDMENTS`` lists the amendments in the order they were made, one
 :class:`Amendment` ``(version, date, summary, after_test_data)`` each, where ``after_test_data``
 says whether the amendment was made after test scores of the ``full`` models existed.
@@ -22,8 +30,14 @@ the same version and date, and the other way round.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import NamedTuple
 
+V3_DATE = "2026-12-04"
+V3_SHA256 = "195d6440f3f85985af904f40ef07915a188e9548e3a1211930c58cabc59b26ee"
+V3_BEGIN, V3_END = "<!-- rules-v3:begin -->", "<!-- rules-v3:end -->"
+V3_ANCHOR = "rules-v3-confirmatory"
 V2_DATE = "2026-11-23"
 V2_COMMIT = "63b4115"
 RULES_PAGE = "docs/rules.md"
@@ -77,3 +91,63 @@ def _span(versions: list[str]) -> str:
     if len(versions) > 1 and order[first:first + len(versions)] == versions:
         return f"{versions[0]}-{versions[-1]}"
     return ", ".join(versions)
+
+
+# ------------------------------------------------------------------------------- rules v3
+class RulesChanged(RuntimeError):
+    """The text of rules v3 differs from the frozen one (or cannot be found)."""
+
+
+V3_AMENDMENTS: tuple[Amendment, ...] = ()
+V3_VERSION = V3_AMENDMENTS[-1].version if V3_AMENDMENTS else "v3"
+
+
+def rules_page(root: Path | None = None) -> Path:
+    """``docs/rules.md`` of the checkout at ``root`` (default: ``ersm.paths.repo_root()``)."""
+    if root is None:
+        from ersm.paths import repo_root
+        root = repo_root()
+    return Path(root) / RULES_PAGE
+
+
+def v3_text(page_text: str) -> str:
+    """The frozen part of rules v3 in ``page_text``: from ``V3_BEGIN`` to ``V3_END``, markers included."""
+    if page_text.count(V3_BEGIN) != 1 or page_text.count(V3_END) != 1:
+        raise RulesChanged(f"{RULES_PAGE} must hold each of the markers {V3_BEGIN} and {V3_END} exactly once; it holds "
+                           f"them {page_text.count(V3_BEGIN)} and {page_text.count(V3_END)} times")
+    begin, end = page_text.index(V3_BEGIN), page_text.index(V3_END)
+    if end < begin:
+        raise RulesChanged(f"{RULES_PAGE}: {V3_END} comes before {V3_BEGIN}")
+    return page_text[begin:end + len(V3_END)]
+
+
+def v3_digest(page_text: str) -> str:
+    """SHA-256 (hex) of the frozen part of rules v3 in ``page_text``."""
+    return hashlib.sha256(v3_text(page_text).encode("utf-8")).hexdigest()
+
+
+def check_v3_frozen(root: Path | None = None) -> str:
+    """Return ``V3_SHA256`` if ``docs/rules.md`` holds the frozen text of rules v3; else raise
+    :class:`RulesChanged` naming the frozen hash and the one found."""
+    page = rules_page(root)
+    try:
+        text = page.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RulesChanged(f"the confirm profile needs {page} (rules v3, frozen with sha256 {V3_SHA256}) and cannot "
+                           f"read it ({error}); run it from a checkout of the repository") from error
+    found = v3_digest(text)
+    if found != V3_SHA256:
+        raise RulesChanged(f"rules v3 in {page} has sha256 {found}, but the text frozen on {V3_DATE} has sha256 "
+                           f"{V3_SHA256}: the confirm profile runs only under the frozen rules. Restore the text "
+                           f"between {V3_BEGIN} and {V3_END}, and write any change as an amendment below it")
+    return found
+
+
+def v3_applied_text() -> str:
+    """One sentence naming the rules the ``confirm`` verdicts apply, for the notebooks to print."""
+    amended = f", amended {_v3_span()}" if V3_AMENDMENTS else ", not amended"
+    return f"rules {V3_VERSION} (frozen {V3_DATE}, sha256 {V3_SHA256[:12]}{amended}; {RULES_PAGE}#{V3_ANCHOR})"
+
+
+def _v3_span() -> str:
+    return ", ".join(f"{a.version} of {a.date}" for a in V3_AMENDMENTS)

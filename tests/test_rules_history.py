@@ -120,3 +120,46 @@ def test_links_into_the_rules_page_land_on_a_heading(page):
             if anchor not in targets:
                 broken.append(f"{path.relative_to(ROOT)}: #{anchor}")
     assert not broken, "links to missing headings of docs/rules.md:\n" + "\n".join(broken)
+
+
+# ------------------------------------------------------------------------------- rules v3
+def test_rules_v3_is_the_frozen_text(page):
+    assert rules.v3_digest(page) == rules.V3_SHA256
+    assert rules.check_v3_frozen(ROOT) == rules.V3_SHA256
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("margin 1 point", "margin 1.5 points", 1),      # a rule changed
+    lambda t: t.replace("9 seeds", "9 seeds ", 1),                      # one space
+    lambda t: t.replace(rules.V3_END, "", 1),                           # a marker lost
+    lambda t: t.replace(rules.V3_BEGIN, rules.V3_BEGIN + rules.V3_BEGIN, 1),  # a marker doubled
+])
+def test_an_edited_rules_v3_is_refused_naming_both_hashes(page, tmp_path, edit):
+    edited = edit(page)
+    assert edited != page
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "rules.md").write_text(edited, encoding="utf-8")
+    with pytest.raises(rules.RulesChanged) as raised:
+        rules.check_v3_frozen(tmp_path)
+    message = str(raised.value)
+    assert rules.V3_SHA256 in message or "exactly once" in message
+    if edited.count(rules.V3_BEGIN) == 1 and edited.count(rules.V3_END) == 1:
+        assert rules.v3_digest(edited) in message
+
+
+def test_an_amendment_below_the_end_marker_keeps_the_frozen_text(page, tmp_path):
+    (tmp_path / "docs").mkdir()
+    amended = page.replace("## Amendments to v3\n\nNone.", "## Amendments to v3\n\n### v3.1 (2027-01-01): an example")
+    (tmp_path / "docs" / "rules.md").write_text(amended, encoding="utf-8")
+    assert rules.check_v3_frozen(tmp_path) == rules.V3_SHA256
+
+
+def test_a_checkout_without_the_rules_page_is_refused_with_the_path(tmp_path):
+    with pytest.raises(rules.RulesChanged, match="rules.md"):
+        rules.check_v3_frozen(tmp_path)
+
+
+def test_v3_applied_text_names_version_date_hash_and_anchor(page):
+    text = rules.v3_applied_text()
+    assert text.startswith(f"rules {rules.V3_VERSION} (frozen {rules.V3_DATE}, sha256 {rules.V3_SHA256[:12]}")
+    assert text.endswith(f"docs/rules.md#{rules.V3_ANCHOR})") and rules.V3_ANCHOR in anchors(page)

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--inplace", action="store_true", help="ci only: re-execute the committed notebooks in place")
     warm = commands.add_parser("warm", help="train every model a profile's notebooks need, ahead of `reproduce` "
                                             "(--jobs N: N at once, for a GPU)")
-    warm.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
+    warm.add_argument("--profile", default="ci", help="ci, full, cifar10, pets, or a confirmatory study: "
+                                                             "confirm_small_cnn, confirm_resnet20 (rules v3)")
     warm.add_argument("--jobs", type=int, default=1, help="models trained at once (worker processes); 1 on a CPU")
     models = commands.add_parser("models", help="copy finished models between the cache and a folder (ersm/archive.py): "
                                                 "export to keep them past this machine, import to use them")

@@ -35,7 +35,7 @@ from ersm.config import TrainConfig, from_dict
 from ersm.data import capabilities
 from ersm.experiments import accuracy, common, sparsity
 from ersm.train import get_model, is_cached, training_history
-from ersm.profiles import PROFILE_NAMES, parameters
+from ersm.profiles import CONFIRM_PROFILES, PROFILE_NAMES, parameters
 
 NOTEBOOK_PARAMETERS = ("01_training", "02_emergent_sparsity", "03_occlusion_robustness", "05_mask_quality")
 
@@ -47,9 +47,14 @@ def base_of(params: dict) -> TrainConfig:
 
 
 def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters) -> Iterator[tuple[str, list[TrainConfig]]]:
-    """``(phase name, configs)`` in training order; each phase is built after the previous one is trained."""
+    """``(phase name, configs)`` in training order; each phase is built after the previous one is trained.
+    A confirmatory profile's phases are rules v3's (``ersm.confirm.phases``)."""
+    if profile in CONFIRM_PROFILES:
+        from ersm import confirm
+        yield from confirm.phases(profile)
+        return
     if profile not in PROFILE_NAMES:
-        raise ValueError(f"profile={profile!r} is unknown; choose one of {list(PROFILE_NAMES)}")
+        raise ValueError(f"profile={profile!r} is unknown; choose one of {list(PROFILE_NAMES) + list(CONFIRM_PROFILES)}")
     first, sweep_params, occlusion_params, quality_params = (parameters_for(stem, profile) for stem in NOTEBOOK_PARAMETERS)
     base, seeds, trials = base_of(first), first["SEEDS"], first["TUNING_TRIALS"]
     for stem, params in zip(NOTEBOOK_PARAMETERS[1:], (sweep_params, occlusion_params, quality_params)):

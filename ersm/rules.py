@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 V3_DATE = "2026-12-04"
+V3_COMMIT = "14228d8"  # the commit that froze the text (its own commit, before any confirm model trained)
 V3_SHA256 = "195d6440f3f85985af904f40ef07915a188e9548e3a1211930c58cabc59b26ee"
 V3_BEGIN, V3_END = "<!-- rules-v3:begin -->", "<!-- rules-v3:end -->"
 V3_ANCHOR = "rules-v3-confirmatory"
@@ -146,7 +147,7 @@ def check_v3_frozen(root: Path | None = None) -> str:
 def v3_applied_text() -> str:
     """One sentence naming the rules the ``confirm`` verdicts apply, for the notebooks to print."""
     amended = f", amended {_v3_span()}" if V3_AMENDMENTS else ", not amended"
-    return f"rules {V3_VERSION} (frozen {V3_DATE}, sha256 {V3_SHA256[:12]}{amended}; {RULES_PAGE}#{V3_ANCHOR})"
+    return f"rules {V3_VERSION} (frozen {V3_DATE} in commit {V3_COMMIT}, sha256 {V3_SHA256[:12]}{amended}; {RULES_PAGE}#{V3_ANCHOR})"
 
 
 def _v3_span() -> str:

@@ -45,7 +45,7 @@ from ersm.augment import cutout
 from ersm import distributed, numerics
 from ersm.checkpoint import load_checkpoint
 from ersm.config import DEFAULT_DATASET, TrainConfig
-from ersm.data import evaluation_set, load_split, split_metadata, training_set
+from ersm.data import evaluation_set, load_split, sealed, split_metadata, training_set
 from ersm.engine import fit
 from ersm.inference import correct, predict
 from ersm.models import build_model
@@ -199,6 +199,7 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
         model = make_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
         return model.to(distributed.local_device(config.torch_device())).eval()
+    sealed.check_may_train(config)  # a process that opened the confirm run's test split trains nothing
     return train(config, run_dir, progress=progress)
 
 

@@ -161,5 +161,21 @@ def test_a_checkout_without_the_rules_page_is_refused_with_the_path(tmp_path):
 
 def test_v3_applied_text_names_version_date_hash_and_anchor(page):
     text = rules.v3_applied_text()
-    assert text.startswith(f"rules {rules.V3_VERSION} (frozen {rules.V3_DATE}, sha256 {rules.V3_SHA256[:12]}")
+    assert text.startswith(f"rules {rules.V3_VERSION} (frozen {rules.V3_DATE} in commit {rules.V3_COMMIT}, "
+                           f"sha256 {rules.V3_SHA256[:12]}")
     assert text.endswith(f"docs/rules.md#{rules.V3_ANCHOR})") and rules.V3_ANCHOR in anchors(page)
+
+
+def test_the_freezing_commit_holds_the_frozen_text_and_no_confirm_model():
+    """V3_COMMIT froze v3: its docs/rules.md has the frozen hash, and it is an ancestor of HEAD."""
+    import subprocess
+    try:
+        page = subprocess.run(["git", "show", f"{rules.V3_COMMIT}:docs/rules.md"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", rules.V3_COMMIT, "HEAD"], cwd=ROOT).returncode
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout with its history")
+    assert rules.v3_digest(page) == rules.V3_SHA256 and ancestor == 0
+    tree = subprocess.run(["git", "ls-tree", "-r", "--name-only", rules.V3_COMMIT], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert not any(path.startswith("models/confirm/") for path in tree)

@@ -13,7 +13,11 @@ Splits:
 - ``cluttered_digits``: generated (``ClutteredDigits``). Training: ``data_seed`` with the
   spurious correlation ``background_label_correlation``; validation: held-out training digits,
   ``data_seed + 2``, drawn like the training set; test: the test digits, ``data_seed + 1``,
-  without correlation (``background`` picks the aligned/swapped test sets).
+  without correlation (``background`` picks the aligned/swapped test sets), composed with
+  ``test_seed`` instead when the config sets one: the ``confirm`` run's sealed test split,
+  which these functions refuse to compose until a claim notebook opens it
+  (``ersm.data.sealed``). ``background`` also picks aligned/swapped validation sets (the
+  validation digits; rules v3 chooses the background rho on them).
 - ``cifar10`` and ``oxford_pet``: the official training split (CIFAR-10's 50,000 images, Pets'
   ``trainval`` 3,680) is cut by a permutation drawn from ``numpy.random.default_rng([data_seed,
   1])``: its first ``n_val`` items are the validation split, the next ``n_train`` the training
@@ -56,6 +60,7 @@ from ersm.paths import data_dir
 from ersm.seeding import derived_seed
 
 from .digits import ClutteredDigits
+from .sealed import check_readable
 from .real import CIFAR10Masked, OxfordPetMasked
 
 SPLITS = ("train", "validation", "test")
@@ -79,10 +84,12 @@ def _digit_args(config: TrainConfig, split: str, background: str) -> tuple:
     if split == "train":
         return ("train", config.n_train, config.canvas, config.clutter, config.background_label_correlation,
                 config.data_seed, "random")
-    if split == "validation":
-        return ("validation", config.n_val, config.canvas, config.clutter, config.background_label_correlation,
-                config.data_seed + 2, "random")
-    return ("test", config.n_test, config.canvas, config.clutter, 0.0, config.data_seed + 1, background)
+    if split == "validation":  # another background mode replaces the drawn one (rho then plays no part)
+        rho = config.background_label_correlation if background == "random" else 0.0
+        return ("validation", config.n_val, config.canvas, config.clutter, rho, config.data_seed + 2, background)
+    check_readable(config, split)  # the confirm run's sealed composition, here too: the split caches call this directly
+    seed = config.data_seed + 1 if config.test_seed is None else config.test_seed
+    return ("test", config.n_test, config.canvas, config.clutter, 0.0, seed, background)
 
 
 # --- real datasets ---------------------------------------------------------------------------------
@@ -184,8 +191,10 @@ def _check(config: TrainConfig, split: str, background: str) -> None:
         raise ValueError(f"config={config!r} must be a TrainConfig")
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {SPLITS}")
-    if background != "random" and (config.dataset != DEFAULT_DATASET or split != "test"):
-        raise ValueError(f"background={background!r} applies to the test split of dataset='cluttered_digits' only")
+    if background != "random" and (config.dataset != DEFAULT_DATASET or split == "train"):
+        raise ValueError(f"background={background!r} applies to the validation and test splits of "
+                         f"dataset='cluttered_digits' only, not split={split!r} of dataset={config.dataset!r}")
+    check_readable(config, split)
 
 
 def training_set(config: TrainConfig, download: bool = True):
@@ -212,7 +221,7 @@ def load_split(config: TrainConfig, split: str, background: str = "random", down
     """``(images [N, C, S, S] float32 in [0, 1], labels [N] int64, masks [N, 1, S, S] bool)`` of ``split``.
 
     Un-augmented. ``background`` (``"random"``, ``"aligned"``, ``"swapped"`` or a texture name)
-    picks a cluttered-digits test set. Digit splits are cached in memory (8 most recent).
+    picks a cluttered-digits validation or test set. Digit splits are cached in memory (8 most recent).
     """
     _check(config, split, background)
     if config.dataset == DEFAULT_DATASET:

@@ -1,0 +1,139 @@
+"""The confirmatory run's sealed test split and its plan (rules v3, issue 30).
+
+The split of a config with ``test_seed=CONFIRM_TEST_SEED`` cannot be composed until a claim
+notebook opens it under a confirm profile with the frozen rules; once open, nothing more trains
+in that process. ``ersm warm`` for a confirmatory profile (its phases shrunk to a tiny size here)
+trains, tunes and chooses the background rho without reading it, and resumes with nothing to do.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ersm.data
+import ersm.train
+from ersm import confirm, plan, profiles, rules
+from ersm.config import TrainConfig
+from ersm.data import sealed
+from ersm.data.sealed import CONFIRM_TEST_SEED, SealedTestSplit
+from ersm.data.splits import _digits
+
+TINY = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8)
+SEALED = TINY.replace(test_seed=CONFIRM_TEST_SEED)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERSM_CACHE", str(tmp_path / "cache"))
+    _digits.cache_clear()
+    yield
+    sealed.close_test_split()
+    _digits.cache_clear()
+
+
+ROADS = {
+    "load_split": lambda c: ersm.data.load_split(c, "test"),
+    "load_split swapped": lambda c: ersm.data.load_split(c, "test", "swapped"),
+    "evaluation_set": lambda c: ersm.data.evaluation_set(c, "test"),
+    "split_metadata": lambda c: ersm.data.split_metadata(c, "test"),
+    "train.test_data": lambda c: ersm.train.test_data(c),
+}
+
+
+@pytest.mark.parametrize("road", ROADS)
+def test_the_sealed_split_is_refused_naming_split_and_seed(road):
+    with pytest.raises(SealedTestSplit, match=rf"split='test' with test_seed={CONFIRM_TEST_SEED}"):
+        ROADS[road](SEALED)
+    ROADS[road](TINY)  # the exploratory composition stays readable
+    ersm.data.load_split(SEALED, "validation")  # and so do the sealed config's other splits
+
+
+def test_opening_needs_a_confirm_profile_and_a_notebook():
+    for profile in ("full", "ci", "confirm"):
+        with pytest.raises(ValueError, match=f"profile={profile!r} may not open"):
+            sealed.open_test_split(profile, "01_training")
+    with pytest.raises(ValueError, match="notebook=''"):
+        sealed.open_test_split("confirm_small_cnn", "")
+    assert not sealed.is_open()
+
+
+def test_opening_checks_the_frozen_rules_first(tmp_path, monkeypatch):
+    page = (rules.rules_page()).read_text(encoding="utf-8")
+    (tmp_path / "checkout" / "docs").mkdir(parents=True)
+    (tmp_path / "checkout" / "docs" / "rules.md").write_text(page.replace("9 seeds", "5 seeds"), encoding="utf-8")
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path / "checkout"))
+    with pytest.raises(rules.RulesChanged, match=rules.V3_SHA256):
+        sealed.open_test_split("confirm_resnet20", "01_training")
+    assert not sealed.is_open()
+
+
+def test_once_open_the_split_is_new_images_of_the_same_digits():
+    exploratory = ersm.data.load_split(TINY, "test")
+    record = sealed.open_test_split("confirm_small_cnn", "01_training")
+    assert record["test_seed"] == CONFIRM_TEST_SEED and record["rules_sha256"] == rules.V3_SHA256
+    assert set(record) == {"opened_utc", "profile", "notebook", "test_seed", "rules_sha256"}
+    images, labels, masks = ersm.data.load_split(SEALED, "test")
+    assert images.shape == exploratory[0].shape and not torch.equal(images, exploratory[0])
+    assert ersm.data.split_metadata(SEALED, "test")["label"].tolist() == labels.tolist()
+
+
+def test_nothing_trains_once_the_split_is_open():
+    sealed.open_test_split("confirm_resnet20", "03_occlusion_robustness")
+    with pytest.raises(SealedTestSplit, match="ersm warm --profile confirm_resnet20"):
+        ersm.train.get_model(SEALED)
+
+
+def test_test_seed_is_checked_and_never_enters_the_hash():
+    assert SEALED.digest() == TINY.digest() and SEALED.weight_fields() == TINY.weight_fields()
+    for bad, match in ((dict(test_seed=-1), "test_seed=-1 must be None"), (dict(test_seed=True), "test_seed=True has type bool"),
+                       (dict(test_seed="7"), "test_seed='7' has type str"),
+                       (dict(dataset="cifar10", test_seed=7), "test_seed=7 applies to dataset='cluttered_digits' only")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_the_profiles_name_the_sealed_seed_and_v3_s_seeds():
+    for name in profiles.CONFIRM_PROFILES:
+        entry = profiles.CONFIRM[name]
+        assert entry["TEST_SEED"] == CONFIRM_TEST_SEED and entry["SEEDS"] == list(confirm.SEEDS) == list(range(10, 19))
+        assert confirm.base_of(name).test_seed == CONFIRM_TEST_SEED
+    assert [profiles.CONFIRM[p]["BACKBONE"] for p in profiles.CONFIRM_PROFILES] == ["small_cnn", "resnet20"]
+
+
+@pytest.fixture
+def tiny_study(monkeypatch):
+    """Both confirmatory profiles at a tiny size: 2 seeds, 1 tuning trial, 64 images x 1 epoch."""
+    for name in profiles.CONFIRM_PROFILES:
+        monkeypatch.setitem(profiles.CONFIRM, name, dict(profiles.CONFIRM[name], N_TRAIN=64, N_VAL=32, N_TEST=32, EPOCHS=1,
+                                                         WIDTH=8, TUNING_TRIALS=1, DEVICE="cpu"))
+    monkeypatch.setattr(confirm, "SEEDS", (10, 11))
+
+
+def test_warm_trains_a_confirmatory_study_without_the_test_split_and_resumes(tiny_study, monkeypatch):
+    chosen = []
+    monkeypatch.setattr(confirm, "validation_swapped_accuracy",
+                        lambda config: chosen.append(config.background_label_correlation) or 25.0)
+    trained = plan.warm("confirm_resnet20")
+    # 1 dense + 1 paper trial, 4 families x 2 seeds, dense at rho 0.9 (it qualifies: 25% >= 20%), paper and its control there
+    assert trained == 2 + 8 + 2 + 4
+    assert set(chosen) == {0.9}
+    assert plan.warm("confirm_resnet20") == 0
+
+
+def test_rho_falls_to_the_next_when_dense_has_no_headroom(tiny_study, monkeypatch):
+    monkeypatch.setattr(confirm, "validation_swapped_accuracy",
+                        lambda config: {0.9: 12.0, 0.7: 19.9, 0.5: 30.0}[config.background_label_correlation])
+    names = [name for name, _ in confirm.phases("confirm_resnet20")]
+    assert names == ["dense trials", "ERSM trials", "final models", "background dense, rho=0.9", "background dense, rho=0.7",
+                     "background dense, rho=0.5", "background ERSM", "longer runs"]
+
+
+def test_the_real_swapped_validation_accuracy_reads_validation_only(tiny_study):
+    config = confirm.base_of("confirm_resnet20").replace(background_label_correlation=0.9, model="dense", seed=10)
+    value = confirm.validation_swapped_accuracy(config)   # trains the tiny model; a test read would raise
+    assert 0.0 <= value <= 100.0
+
+
+def test_the_small_cnn_study_refuses_to_retrain_the_exploratory_trials(tiny_study):
+    with pytest.raises(confirm.ExploratoryTrialsMissing, match="models import models/full"):
+        next(confirm.phases("confirm_small_cnn"))

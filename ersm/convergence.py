@@ -50,6 +50,19 @@ after it was written; the test scores of every final ``full`` model already exis
 training logs (amendment v2.3, ``docs/rules.md``). The table still
 shows the old bar on the new pair (``within_half_point``).
 
+**Rules v3 adds a third condition** (``docs/rules.md#rules-v3-confirmatory``; ``assess(...,
+masks=True)``, which the ``confirm`` profiles use; the ``full`` run's table is unchanged):
+
+3. **Its mask is stable** (families with an Energy-Mask Layer): on the validation images, the
+   kept mass of the longer run (mean over images of ``mean_i m_i / max_j m_j``) lies within
+   ``KEPT_MASS_TOLERANCE = 25%`` of the normal run's (``mask_stability``). The mean mask of
+   both runs is reported, not tested: in ``full`` the regularised paper mask kept shrinking in
+   absolute scale over the extra epochs while its kept mass moved by at most 18%.
+
+With it the table states what condition 2 can detect: ``detectable_change``, the smallest
+change of validation accuracy (points) that reaches ``p < STABILITY_ALPHA`` given the pair's
+discordant images (16 images of 1,000 at 20 discordant, 32 at 80).
+
 The longer run is trained only when every seed of the family passes condition 1; otherwise the
 family is already not converged and ``stable`` is recorded as not measured (``None``). A claim
 that names a model that did not converge gets the verdict ``NOT_CONVERGED`` (``gate``), with
@@ -73,6 +86,7 @@ LONGER = 1.5
 STABILITY_SEED_INDEX = 1
 STABILITY_ALPHA = 0.001
 HALF_POINT = 0.5  # the first text's bar, still shown beside the test
+KEPT_MASS_TOLERANCE = 0.25  # rules v3, condition 3: relative change of the validation kept mass
 
 
 def longer_config(config: TrainConfig) -> TrainConfig:
@@ -131,9 +145,50 @@ def stability(normal: np.ndarray, longer: np.ndarray) -> dict:
             "within_half_point": bool(abs(only_longer - only_normal) < HALF_POINT * n / 100)}
 
 
+def detectable_change(discordant: int, n: int, alpha: float = STABILITY_ALPHA) -> float:
+    """The smallest change of accuracy (points of ``n`` images) that the exact two-sided McNemar
+    test flags (``p < alpha``) when ``discordant`` images differ between the two runs; NaN when
+    no split of them is significant (too few discordant images)."""
+    for name, value in (("discordant", discordant), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}={value!r} must be an integer >= 0")
+    if discordant > n or n == 0:
+        raise ValueError(f"discordant={discordant} must not exceed n={n}, and n must be positive")
+    for difference in range(discordant % 2, discordant + 1, 2):   # b - c has the parity of b + c
+        if binomtest((discordant + difference) // 2, discordant, 0.5).pvalue < alpha:
+            return 100.0 * difference / n
+    return math.nan
+
+
+def kept_mass_and_mean_mask(config: TrainConfig) -> tuple[float, float]:
+    """``(kept mass, mean mask)`` of the trained model of ``config`` on its validation images:
+    the mean over images of ``mean_i m_i / max_j m_j``, and of ``mean_i m_i`` (trains if needed)."""
+    from ersm.inference import predict
+    from ersm.train import get_model, validation_data
+
+    images, _, _ = validation_data(config)
+    mask = predict(get_model(config), images).mask.flatten(1).double().cpu()   # [N, h*w]
+    kept = mask.mean(1) / mask.amax(1).clamp_min(1e-12)
+    return float(kept.mean()), float(mask.mean())
+
+
+def mask_stability(normal: tuple[float, float], longer: tuple[float, float]) -> dict:
+    """Condition 3 (rules v3) on one pair of runs; ``normal``, ``longer``: ``(kept mass, mean
+    mask)`` on the validation images. Returns both runs' values, ``kept_mass_change`` (relative,
+    longer over normal minus 1) and ``mask_stable`` (``|change| <= KEPT_MASS_TOLERANCE``)."""
+    (kept, mean), (longer_kept, longer_mean) = normal, longer
+    for name, value in (("normal kept mass", kept), ("longer kept mass", longer_kept)):
+        if not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise ValueError(f"{name}={value!r} must lie in (0, 1]")
+    change = longer_kept / kept - 1
+    return {"kept_mass": kept, "longer_kept_mass": longer_kept, "kept_mass_change": change, "mean_mask": mean,
+            "longer_mean_mask": longer_mean, "mask_stable": bool(abs(change) <= KEPT_MASS_TOLERANCE)}
+
+
 def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainConfig], list[dict]] | None = None,
            clean_cross_entropy_of: Callable[[TrainConfig], float] | None = None,
-           correct_of: Callable[[TrainConfig], np.ndarray] | None = None) -> pd.DataFrame:
+           correct_of: Callable[[TrainConfig], np.ndarray] | None = None, masks: bool = False,
+           mask_of: Callable[[TrainConfig], tuple[float, float]] | None = None) -> pd.DataFrame:
     """One row per ``(model, seed)``: the convergence rule's inputs and its outcome.
 
     ``configs``: family name -> one config per seed (at least two). ``history_of(config)`` returns
@@ -145,7 +200,15 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     ``fit_cross_entropy`` (what condition 1 reads), ``fits``, ``val_accuracy`` (final, %), the
     family's pair (``stability_seed`` and the columns of ``stability``; NaN when not measured),
     ``stable`` (True/False/None: not measured) and ``converged``.
+
+    ``masks=True`` applies rules v3: ``detectable_change`` (points) and, for a family with an
+    Energy-Mask Layer whose pair was measured, the columns of ``mask_stability`` from
+    ``mask_of(config)`` (default :func:`kept_mass_and_mean_mask`); ``converged`` then also needs
+    ``mask_stable``. Dense families have no mask: their ``mask_stable`` is None and not required.
     """
+    if isinstance(masks, bool) is False:
+        raise ValueError(f"masks={masks!r} must be True (rules v3) or False (rules v2.4)")
+    mask_of = mask_of or kept_mass_and_mean_mask
     if history_of is None:
         from ersm.train import training_history as history_of
     if correct_of is None:
@@ -160,15 +223,23 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
         fitting = [value < CE_MAX for value in fit_values]
         pair = {"stability_seed": math.nan, "longer_val_accuracy": math.nan, "val_change": math.nan,
                 "discordant": math.nan, "stability_p": math.nan, "stable": None, "within_half_point": None}
+        normal = pairs[name]
         if all(fitting):
-            normal = pairs[name]
             pair = {"stability_seed": normal.seed,
                     **stability(_checked(correct_of(normal), name, normal), _checked(correct_of(longer_config(normal)), name, normal))}
+        if masks:
+            pair["detectable_change"] = (math.nan if pair["stable"] is None
+                                         else detectable_change(int(pair["discordant"]), normal.n_val))
+            pair.update(kept_mass=math.nan, longer_kept_mass=math.nan, kept_mass_change=math.nan, mean_mask=math.nan,
+                        longer_mean_mask=math.nan, mask_stable=None)
+            if normal.is_ersm and pair["stable"] is not None:
+                pair.update(mask_stability(mask_of(normal), mask_of(longer_config(normal))))
         for config, final, fit_value, fit in zip(runs, finals, fit_values, fitting):
+            stable = pair["stable"] and (not masks or not config.is_ersm or bool(pair["mask_stable"]))
             rows.append({"model": name, "seed": config.seed, "epochs": config.epochs,
                          "cross_entropy": final["cross_entropy"], "fit_cross_entropy": fit_value, "fits": fit,
                          "val_accuracy": 100 * final["val_accuracy"], **pair,
-                         "converged": bool(fit and pair["stable"])})
+                         "converged": bool(fit and stable)})
     return pd.DataFrame(rows)
 
 

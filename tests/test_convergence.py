@@ -191,3 +191,69 @@ def test_fits_is_condition_one():
     assert convergence.fits(cutout, {"cross_entropy": 0.19}, lambda config: 0.049)
     assert not convergence.fits(cutout, {"cross_entropy": 0.0}, lambda config: 0.05)
     assert convergence.fits(BASE, {"cross_entropy": 0.049}) and not convergence.fits(BASE, {"cross_entropy": 0.05})
+
+
+# ------------------------------------------------------------------------------- rules v3: condition 3
+def fake_masks(normal_kept: float, longer_kept: float, epochs=(4, 6)):
+    values = {epochs[0]: (normal_kept, normal_kept / 100), epochs[1]: (longer_kept, longer_kept / 200)}
+    calls = []
+
+    def mask_of(config):
+        calls.append((config.model, config.seed, config.epochs))
+        return values[config.epochs]
+
+    return mask_of, calls
+
+
+@pytest.mark.parametrize("longer_kept, stable", [(0.0500, True), (0.0376, True), (0.0624, True), (0.0374, False),
+                                                 (0.0626, False)])
+def test_v3_reads_the_kept_mass_of_the_longer_run(longer_kept, stable):
+    history_of, _ = fake_histories(FITS)
+    correct_of, _ = fake_outcomes(only_normal=3, only_longer=4)
+    mask_of, calls = fake_masks(0.05, longer_kept)
+    table = convergence.assess(configs(), history_of, correct_of=correct_of, masks=True, mask_of=mask_of)
+    assert table["mask_stable"].tolist() == [stable, stable] and table["converged"].tolist() == [stable, stable]
+    assert table["kept_mass_change"].iloc[0] == pytest.approx(longer_kept / 0.05 - 1)
+    assert table["mean_mask"].iloc[0] == pytest.approx(0.0005)   # reported beside it, halved here, not tested
+    assert calls == [("paper", 1, 4), ("paper", 1, 6)]
+    # the same pair under rules v2.4: no mask columns, converged whatever the mask did
+    v2 = convergence.assess(configs(), history_of, correct_of=correct_of)
+    assert "mask_stable" not in v2 and v2["converged"].all()
+
+
+def test_v3_asks_no_mask_of_a_dense_family_and_states_what_mcnemar_detects():
+    history_of, _ = fake_histories({("dense", 0, 4): (0.01, 0.9), ("dense", 1, 4): (0.01, 0.9)})
+    correct_of, _ = fake_outcomes(model="dense", only_normal=20, only_longer=20)
+
+    def no_mask(config):
+        raise AssertionError("a dense model has no mask")
+
+    table = convergence.assess(configs("dense"), history_of, correct_of=correct_of, masks=True, mask_of=no_mask)
+    assert table["converged"].all() and table["mask_stable"].isna().all()
+    assert table["detectable_change"].iloc[0] == pytest.approx(100 * 22 / BASE.n_val)   # 40 discordant -> 22 images
+
+
+@pytest.mark.parametrize("discordant, images", [(20, 16), (40, 22), (60, 28), (80, 32)])
+def test_detectable_change_matches_rules_v3(discordant, images):
+    assert convergence.detectable_change(discordant, 1000) == pytest.approx(images / 10)
+    # and it is the smallest: one step less is not significant
+    b = (discordant + images - 2) // 2
+    assert convergence.binomtest(b, discordant, 0.5).pvalue >= convergence.STABILITY_ALPHA
+
+
+def test_detectable_change_and_mask_stability_refuse_bad_input():
+    assert math.isnan(convergence.detectable_change(5, 1000))   # 5 discordant images can never reach p < 0.001
+    for args in ((-1, 10), (11, 10), (True, 10), (3, 0)):
+        with pytest.raises(ValueError):
+            convergence.detectable_change(*args)
+    with pytest.raises(ValueError, match="normal kept mass=0.0"):
+        convergence.mask_stability((0.0, 0.0), (0.1, 0.01))
+    with pytest.raises(ValueError, match="masks='yes'"):
+        convergence.assess(configs(), masks="yes")
+
+
+def test_kept_mass_and_mean_mask_of_a_trained_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERSM_CACHE", str(tmp_path))
+    config = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8, device="cpu")
+    kept, mean = convergence.kept_mass_and_mean_mask(config)
+    assert 0 < mean <= 0.5 and mean < kept <= 1   # the paper's mask lies in (0, 0.5]; kept mass is relative to the max

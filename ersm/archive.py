@@ -50,15 +50,26 @@ class Copied:
     present: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{len(self.copied)} copied, {len(self.present)} already there, {len(self.unfinished)} unfinished "
-                f"(not copied), {len(self.refused)} refused")
+                f"(not copied), {len(self.refused)} refused" + (f", {len(self.excluded)} excluded" if self.excluded else ""))
 
 
-def export_models(destination: Path, cache: Path | None = None) -> Copied:
-    """Copy every finished entry of ``cache`` (default: the model cache) into ``destination``, compacted."""
-    return _copy_all(Path(cache) if cache is not None else cache_dir(), Path(destination), compact=True)
+def export_models(destination: Path, cache: Path | None = None, exclude=()) -> Copied:
+    """Copy every finished entry of ``cache`` (default: the model cache) into ``destination``, compacted.
+
+    ``exclude``: folders of exported models (e.g. ``models/full``) whose entries are left out
+    (listed in ``Copied.excluded``), so that a cache that also holds another run's models
+    exports only its own. Each must exist.
+    """
+    excluded = set()
+    for folder in map(Path, exclude):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"exclude={str(folder)!r} is not a folder of exported models")
+        excluded |= {path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    return _copy_all(Path(cache) if cache is not None else cache_dir(), Path(destination), compact=True, skip=excluded)
 
 
 def import_models(source: Path, cache: Path | None = None) -> Copied:
@@ -69,7 +80,7 @@ def import_models(source: Path, cache: Path | None = None) -> Copied:
     return _copy_all(source, Path(cache) if cache is not None else cache_dir(), compact=False)
 
 
-def _copy_all(source: Path, destination: Path, compact: bool) -> Copied:
+def _copy_all(source: Path, destination: Path, compact: bool, skip=frozenset()) -> Copied:
     if not source.is_dir():
         raise FileNotFoundError(f"the model cache {str(source)!r} does not exist")
     try:
@@ -78,6 +89,9 @@ def _copy_all(source: Path, destination: Path, compact: bool) -> Copied:
         raise ValueError(f"destination={str(destination)!r} cannot be written: {error}") from error
     outcome = Copied()
     for entry in sorted(path for path in source.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        if entry.name in skip:
+            outcome.excluded.append(entry.name)
+            continue
         problem, state = _verify(entry)
         if problem == "unfinished":
             outcome.unfinished.append(entry.name)
@@ -107,7 +121,7 @@ def _verify(entry: Path) -> tuple[str | None, dict | None]:
         return "its checkpoint does not match its manifest", None
     if state.get("epoch", 0) < config.epochs:
         return "unfinished", None
-    if state.get("config") != config.to_dict():
+    if not isinstance(state.get("config"), dict) or from_dict(state["config"]) != config:
         return "the config in its checkpoint differs from config.json", None
     if entry.name not in {config.digest(machine=machine) for machine in MACHINES}:
         return f"its name is not the digest of its config on any machine {MACHINES}", None

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "export to keep them past this machine, import to use them")
     models.add_argument("direction", choices=("export", "import"))
     models.add_argument("folder", type=Path, help="the folder of exported models, e.g. models/full")
+    models.add_argument("--exclude", type=Path, action="append", default=[],
+                        help="export: leave out the models another folder already holds (e.g. --exclude models/full "
+                             "when the cache also holds the exploratory models); repeatable")
     table = commands.add_parser("table", help="print the claims table of one profile's results (with each notebook's commit)")
     table.add_argument("--profile", default="ci", help="ci, full, cifar10 or pets")
     table.add_argument("--readme", action="store_true", help="also write the table and the findings between the README's claims and findings markers")
@@ -103,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "models":
             from ersm.archive import export_models, import_models
 
-            copy = export_models if args.direction == "export" else import_models
-            print(f"[ersm models] {args.direction} {args.folder}: {copy(args.folder).summary()}")
+            if args.direction == "export":
+                outcome = export_models(args.folder, exclude=args.exclude)
+            elif args.exclude:
+                raise ValueError(f"--exclude {[str(p) for p in args.exclude]} applies to export only")
+            else:
+                outcome = import_models(args.folder)
+            print(f"[ersm models] {args.direction} {args.folder}: {outcome.summary()}")
         elif args.command == "table":
             from ersm import findings
             from ersm.reproduce import claims_table, update_readme

@@ -176,7 +176,12 @@ class TrainConfig:
                     neighbourhood=self.neighbourhood, variant=self.model, iterations=self.iterations)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, less ``test_seed`` at its default (``None``): the config files and checkpoints
+        written before the field existed keep their exact content."""
+        values = dataclasses.asdict(self)
+        if values["test_seed"] is None:
+            del values["test_seed"]
+        return values
 
     def weight_fields(self) -> dict:
         """The fields that can change this config's trained model (see the module docstring)."""

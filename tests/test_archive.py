@@ -140,3 +140,19 @@ def test_the_command_line_round_trip(trained, tmp_path, home):
     failed = subprocess.run([sys.executable, "-m", "ersm", "models", "import", str(tmp_path / "nowhere")], env=env,
                             capture_output=True, text=True)
     assert failed.returncode == 2 and "nowhere" in failed.stderr
+
+
+def test_export_can_leave_out_another_runs_models(trained, tmp_path, home):
+    """A cache holding the exploratory models beside a new run's exports only the new ones."""
+    configs, _ = trained
+    other_run = tmp_path / "other"
+    (other_run / configs[0].digest()).mkdir(parents=True)
+    outcome = export_models(tmp_path / "new", exclude=[other_run])
+    assert outcome.copied == [configs[1].digest()] and outcome.excluded == [configs[0].digest()]
+    assert "1 excluded" in outcome.summary()
+    with pytest.raises(FileNotFoundError, match="exclude=.*nowhere"):
+        export_models(tmp_path / "new", exclude=[tmp_path / "nowhere"])
+    env = {"ERSM_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    failed = subprocess.run([sys.executable, "-m", "ersm", "models", "import", str(tmp_path / "new"), "--exclude",
+                             str(other_run)], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2 and "--exclude" in failed.stderr and "export only" in failed.stderr

@@ -137,3 +137,17 @@ def test_the_real_swapped_validation_accuracy_reads_validation_only(tiny_study):
 def test_the_small_cnn_study_refuses_to_retrain_the_exploratory_trials(tiny_study):
     with pytest.raises(confirm.ExploratoryTrialsMissing, match="models import models/full"):
         next(confirm.phases("confirm_small_cnn"))
+
+
+def test_configs_written_before_test_seed_keep_their_files_and_verify(tmp_path):
+    """A committed exploratory model (its config.json has no test_seed) still verifies and imports."""
+    import json
+    from pathlib import Path
+    from ersm.archive import _verify
+    from ersm.config import from_dict
+
+    entry = sorted(p for p in (Path(__file__).resolve().parents[1] / "models" / "full").iterdir() if p.is_dir())[0]
+    written = json.loads((entry / "config.json").read_text())
+    assert "test_seed" not in written and from_dict(written).to_dict() == written
+    assert _verify(entry)[0] is None
+    assert "test_seed" in SEALED.to_dict() and from_dict(SEALED.to_dict()) == SEALED

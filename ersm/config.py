@@ -36,9 +36,10 @@ from typing import NamedTuple
 import torch
 
 from ersm import numerics
+from ersm.layer import VARIANTS
 from ersm.seeding import DEVICES, resolve_device
 
-MODELS = ("dense", "paper", "calibrated", "meanfield", "hardconcrete")
+MODELS = ("dense", *VARIANTS)  # a dense backbone, or its twin with one Energy-Mask variant (ersm.layer.VARIANTS)
 BACKBONES = ("small_cnn", "resnet20", "resnet18", "resnet18_imagenet", "resnet50_imagenet")
 PRETRAINABLE = ("resnet18_imagenet", "resnet50_imagenet")  # torchvision has ImageNet weights for these
 AUGMENTATIONS = ("none", "cutout")

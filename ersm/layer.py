@@ -124,7 +124,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("paper", "calibrated", "meanfield", "hardconcrete")
+VARIANTS = ("paper", "calibrated", "meanfield", "hardconcrete")  # the one variant list: config, tuning, families derive from it
 NEIGHBOURHOODS = (4, 8)
 
 # Hard-concrete constants of Louizos et al. (2018) and their public L0 code.

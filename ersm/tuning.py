@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ersm.config import TrainConfig
+from ersm.layer import VARIANTS
 
 TUNING_SEED = 2026
 TRIAL_SEED = 0
@@ -46,7 +47,9 @@ SPACES = {
     "dense": {"lr": (1e-3, 1e-2), "weight_decay": (1e-5, 1e-2)},
     "ersm": {"lambda_unary": (0.1, 10.0), "lambda_pair": (0.1, 10.0), "beta": (0.1, 10.0)},
 }
-FAMILY_CODES = {"dense": 0, "paper": 1, "calibrated": 2, "meanfield": 3, "hardconcrete": 4}
+# the random-stream code of each tuned family: dense 0, then the variants in ersm.layer.VARIANTS order (paper 1 ...
+# hardconcrete 4); a new variant takes the next code, so the grids of the others do not move
+FAMILY_CODES = {"dense": 0, **{variant: code for code, variant in enumerate(VARIANTS, start=1)}}
 
 
 def protocol(trials: int) -> dict:
@@ -100,7 +103,7 @@ def trial_configs(base: TrainConfig, family: str, trials: int, recipe: dict | No
 
 
 def trials_by_family(base: TrainConfig, trials: int, selected: dict[str, dict],
-                     families=("paper", "calibrated", "meanfield", "hardconcrete")) -> dict[str, list[TrainConfig]]:
+                     families=VARIANTS) -> dict[str, list[TrainConfig]]:
     """``"<family> trials"`` -> the trial configs ``tune`` trained (ERSM families with dense's selected recipe)."""
     recipe = {k: selected["dense"][k] for k in SPACES["dense"]}
     return {f"{family} trials": trial_configs(base, family, trials, None if family == "dense" else recipe)
@@ -115,7 +118,7 @@ def select(scores: list[float]) -> int:
     return int(np.flatnonzero(values == values.max())[0])
 
 
-def tune(base: TrainConfig, trials: int, families=("paper", "calibrated", "meanfield", "hardconcrete"),
+def tune(base: TrainConfig, trials: int, families=VARIANTS,
          history_of: Callable[[TrainConfig], list[dict]] | None = None) -> tuple[dict[str, dict], pd.DataFrame]:
     """Run the protocol: dense first (its recipe), then every ERSM family with that recipe.
 

@@ -501,7 +501,7 @@ def test_background_profiles_name_families_and_rhos():
         params = profiles.parameters("03_occlusion_robustness", profile)
         rhos = params["RHOS"]
         assert len(rhos) >= 2 and rhos == sorted(rhos) and "RHO" not in params
-        assert set(params["BACKGROUND_MODELS"]) <= set(common.VARIANTS) and DENSE in params["BACKGROUND_MODELS"]
+        assert set(params["BACKGROUND_MODELS"]) <= set(common.FAMILY_FIELDS) and DENSE in params["BACKGROUND_MODELS"]
         spurious = profiles.parameters("05_mask_quality", profile)["RHO"]
         assert spurious in rhos and common.PAPER in params["BACKGROUND_MODELS"]  # notebook 05 reuses those models
     assert profiles.parameters("03_occlusion_robustness", "full")["RHOS"] == [0.5, 0.7, 0.9]  # rules v2: the full sweep

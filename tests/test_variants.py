@@ -379,6 +379,22 @@ def test_variants_listed():
     assert VARIANTS == ("paper", "calibrated", "meanfield", "hardconcrete")
 
 
+def test_every_other_variant_list_derives_from_the_layer_s():
+    """Issue 33: a variant is added in ersm.layer alone; the config, the tuning codes and the
+    notebook families follow (and the tuning codes of the existing variants do not move)."""
+    from ersm import config, tuning
+    from ersm.experiments import common
+
+    assert config.MODELS == ("dense", *VARIANTS)
+    assert tuning.FAMILY_CODES == {"dense": 0, "paper": 1, "calibrated": 2, "meanfield": 3, "hardconcrete": 4}
+    assert list(tuning.FAMILY_CODES)[1:] == list(VARIANTS)
+    for variant in VARIANTS:
+        name = common.DISPLAY_NAMES[variant]
+        assert common.FAMILY_FIELDS[name] == {"model": variant}
+        assert common.FAMILY_FIELDS[common.CONTROLS[name]] == {"model": variant, "beta": 0.0}
+    assert common.ERSM_MODELS == tuple(common.DISPLAY_NAMES[v] for v in VARIANTS)
+
+
 @pytest.mark.parametrize("iterations", [-1, 1.5, True, "3"])
 def test_bad_iterations(iterations):
     with pytest.raises(ValueError, match=f"iterations={iterations!r}".replace(".", r"\.")):

@@ -1,7 +1,7 @@
 """Model families shared by the notebooks: the same data, recipe and budget for every model.
 
 ``family(base, seeds)`` maps a display name to one config per seed. Models differ only in the
-fields named in ``VARIANTS``; everything else comes from ``base`` (the profile's size).
+fields named in ``FAMILY_FIELDS`` (built from ``ersm.layer.VARIANTS``, the one variant list); everything else comes from ``base`` (the profile's size).
 """
 from __future__ import annotations
 
@@ -10,23 +10,25 @@ import time
 import pandas as pd
 
 from ersm.config import DATASETS, TrainConfig
+from ersm.layer import VARIANTS
 from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
 from ersm.metrics.stats import mean_ci
 from ersm.train import get_model, is_cached, test_data, training_history, training_sessions
 
 DENSE, CUTOUT = "dense", "dense + Cutout"
-PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE = "ERSM paper", "ERSM calibrated", "ERSM meanfield", "ERSM hardconcrete"
-ERSM_MODELS = (PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE)  # the layer variants, each with its regulariser on
+DISPLAY_NAMES = {variant: f"ERSM {variant}" for variant in VARIANTS}  # ersm.layer.VARIANTS -> the notebooks' name
+PAPER, CALIBRATED, MEANFIELD, HARDCONCRETE = (DISPLAY_NAMES[v] for v in ("paper", "calibrated", "meanfield", "hardconcrete"))
+ERSM_MODELS = tuple(DISPLAY_NAMES.values())  # the layer variants, each with its regulariser on
 CONTROLS = {name: f"{name}, beta=0" for name in ERSM_MODELS}  # the same layer with the regulariser off
 CONTROL, CALIBRATED_CONTROL = CONTROLS[PAPER], CONTROLS[CALIBRATED]
-VARIANTS = {
+# the notebooks' model families: display name -> the config fields that make it (every other field comes from the base)
+FAMILY_FIELDS = {
     DENSE: dict(model="dense"),
     CUTOUT: dict(model="dense", augmentation="cutout"),
-    **{name: dict(model=model) for name, model in zip(ERSM_MODELS, ("paper", "calibrated", "meanfield", "hardconcrete"))},
-    **{CONTROLS[name]: dict(model=model, beta=0.0)
-       for name, model in zip(ERSM_MODELS, ("paper", "calibrated", "meanfield", "hardconcrete"))},
+    **{DISPLAY_NAMES[variant]: dict(model=variant) for variant in VARIANTS},
+    **{CONTROLS[DISPLAY_NAMES[variant]]: dict(model=variant, beta=0.0) for variant in VARIANTS},
 }
-ALL_MODELS = tuple(VARIANTS)  # dense, Cutout, then every variant and its control
+ALL_MODELS = tuple(FAMILY_FIELDS)  # dense, Cutout, then every variant and its control
 
 
 def base_config(canvas: int, n_train: int, n_test: int, epochs: int, dataset: str = "cluttered_digits",
@@ -58,12 +60,12 @@ def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)
     and for its ``beta = 0`` control the same lambdas with ``beta = 0``. Without it every
     family uses the defaults (the paper's lambda_unary = lambda_pair = beta = 1).
     """
-    unknown = [name for name in names if name not in VARIANTS]
+    unknown = [name for name in names if name not in FAMILY_FIELDS]
     if unknown:
-        raise ValueError(f"names has unknown famil(ies) {unknown}; known are {list(VARIANTS)}")
+        raise ValueError(f"names has unknown famil(ies) {unknown}; known are {list(FAMILY_FIELDS)}")
     out = {}
     for name in names:
-        fields = dict(VARIANTS[name])
+        fields = dict(FAMILY_FIELDS[name])
         if selected is not None:
             kind = fields["model"]
             tuned = {**selected.get("dense", {}), **selected.get(kind, {})}

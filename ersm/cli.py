@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--profile", default="ci", help="ci, full, cifar10, pets, or a confirmatory study: "
                                                              "confirm_small_cnn, confirm_resnet20 (rules v3)")
     warm.add_argument("--jobs", type=int, default=1, help="models trained at once (worker processes); 1 on a CPU")
+    warm.add_argument("--status", action="store_true", help="train nothing: print each phase's models in the cache, "
+                                                             "up to the first phase not complete")
     models = commands.add_parser("models", help="copy finished models between the cache and a folder (ersm/archive.py): "
                                                 "export to keep them past this machine, import to use them")
     models.add_argument("direction", choices=("export", "import"))
@@ -100,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
         elif args.command == "warm":
-            from ersm.plan import warm
+            from ersm.plan import status, warm
 
-            print(f"[ersm warm] {args.profile}: {warm(args.profile, jobs=args.jobs)} models trained")
+            if args.status:
+                rows = status(args.profile)
+                for phase, done, total in rows:
+                    print(f"[ersm warm] {args.profile}: {phase}: {done} of {total} models in the cache")
+                complete = bool(rows) and rows[-1][1] == rows[-1][2]
+                print(f"[ersm warm] {args.profile}: {'every phase complete' if complete else 'later phases follow'}")
+            else:
+                print(f"[ersm warm] {args.profile}: {warm(args.profile, jobs=args.jobs)} models trained")
         elif args.command == "models":
             from ersm.archive import export_models, import_models
 

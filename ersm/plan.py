@@ -99,6 +99,19 @@ def warm(profile: str, jobs: int = 1, parameters_for: Callable[[str, str], dict]
     return trained
 
 
+def status(profile: str, parameters_for: Callable[[str, str], dict] = parameters) -> list[tuple[str, int, int]]:
+    """``(phase, models in the cache, models)`` for each phase of ``profile`` up to the first one
+    that is not complete; trains nothing (a later phase is built only from a complete one)."""
+    rows = []
+    for phase, configs in phases(profile, parameters_for):
+        unique = list({config.digest(): config for config in configs}.values())
+        done = sum(map(is_cached, unique))
+        rows.append((phase, done, len(unique)))
+        if done < len(unique):
+            break
+    return rows
+
+
 def _train(configs: list[TrainConfig], jobs: int) -> Iterator[str]:
     if jobs == 1 or len(configs) <= 1:
         yield from map(_train_one, [config.to_dict() for config in configs])

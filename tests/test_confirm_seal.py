@@ -113,11 +113,14 @@ def test_warm_trains_a_confirmatory_study_without_the_test_split_and_resumes(tin
     chosen = []
     monkeypatch.setattr(confirm, "validation_swapped_accuracy",
                         lambda config: chosen.append(config.background_label_correlation) or 25.0)
+    assert plan.status("confirm_resnet20") == [("dense trials", 0, 1)]   # stops at the first incomplete phase
     trained = plan.warm("confirm_resnet20")
     # 1 dense + 1 paper trial, 4 families x 2 seeds, dense at rho 0.9 (it qualifies: 25% >= 20%), paper and its control there
     assert trained == 2 + 8 + 2 + 4
     assert set(chosen) == {0.9}
     assert plan.warm("confirm_resnet20") == 0
+    assert [done == total for _, done, total in plan.status("confirm_resnet20")] == [True] * 6
+    assert [phase for phase, _, _ in plan.status("confirm_resnet20")][-1] == "longer runs"
 
 
 def test_rho_falls_to_the_next_when_dense_has_no_headroom(tiny_study, monkeypatch):

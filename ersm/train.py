@@ -231,8 +231,15 @@ def validation_correct(config: TrainConfig):
 
 
 def training_history(config: TrainConfig) -> list[dict]:
-    """The per-epoch records of a trained config (trains it if needed)."""
-    get_model(config)
-    return load_checkpoint(cache_dir() / config.digest())["history"]  # the verified copy
+    """The per-epoch records of a trained config (trains it if needed).
+
+    A finished cache entry is verified and read once, and no model is built for it; otherwise
+    the model is trained (``get_model``) and its new checkpoint read."""
+    run_dir = cache_dir() / config.digest()
+    state = load_checkpoint(run_dir, discard=distributed.is_main())
+    if state is None or state["epoch"] < config.epochs:
+        get_model(config)
+        state = load_checkpoint(run_dir)
+    return state["history"]  # the verified copy
 
 

@@ -449,3 +449,14 @@ def test_python_m_ersm_help_lists_the_commands():
     assert done.returncode == 0, done.stderr
     for command in ("train", "reproduce", "bench"):
         assert command in done.stdout
+
+
+def test_the_history_of_a_cached_model_reads_its_checkpoint_once_and_builds_no_model(monkeypatch):
+    """Issue 33: training_history verified and loaded a cached checkpoint twice and built the model."""
+    first = ersm.train.training_history(TINY)          # trains it
+    reads = []
+    original = ersm.train.load_checkpoint
+    monkeypatch.setattr(ersm.train, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or original(*a, **k))
+    monkeypatch.setattr(ersm.train, "make_model", lambda *a, **k: pytest.fail("a cached history needs no model"))
+    assert ersm.train.training_history(TINY) == first and len(reads) == 1
+    assert len(first) == TINY.epochs and {"cross_entropy", "val_accuracy"} <= set(first[-1])

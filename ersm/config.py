@@ -30,12 +30,13 @@ import dataclasses
 import hashlib
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from ersm import numerics
+from ersm.data.registry import DEFAULT_DATASET, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, DatasetSpec  # noqa: F401
 from ersm.layer import VARIANTS
 from ersm.seeding import DEVICES, resolve_device
 
@@ -48,29 +49,21 @@ CACHE_VERSION = 4  # bump when training code changes what a config produces (2: 
                    # 4: the validation split took 15% of the training digits, val_accuracy recorded per epoch)
 ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta", "iterations")
 DIGITS_ONLY_FIELDS = ("canvas", "clutter", "background_label_correlation")
-DEFAULT_DATASET = "cluttered_digits"
+class _Specs(Mapping):
+    """``DATASETS[name]``: the spec of a dataset, read from its registry entry when asked (so an
+    entry added to ``ersm.data.registry.REGISTRY`` is a dataset here too)."""
+
+    def __getitem__(self, name: str) -> DatasetSpec:
+        return REGISTRY[name].spec
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
 
 
-class DatasetSpec(NamedTuple):
-    """What a dataset fixes about the model: input channels, classes, image side (``None``: the
-    config's ``canvas``), the per-channel normalisation (``None``: none) and whether its items
-    carry object masks."""
-
-    channels: int
-    classes: int
-    image_size: int | None
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    has_object_masks: bool
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DATASETS = {
-    "cluttered_digits": DatasetSpec(1, 10, None, None, None, True),
-    # the training set's per-channel statistics, as used by DeVries and Taylor (2017) and most CIFAR code
-    "cifar10": DatasetSpec(3, 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), False),
-    "oxford_pet": DatasetSpec(3, 37, 224, IMAGENET_MEAN, IMAGENET_STD, True),
-}
+DATASETS = _Specs()  # every dataset's spec comes from its registry entry (ersm/data/registry.py names them all)
 
 
 @dataclass(frozen=True)
@@ -134,12 +127,12 @@ class TrainConfig:
             raise ValueError(f"background_label_correlation={self.background_label_correlation!r} must lie in [0, 1]")
         if self.test_seed is not None and not 0 <= self.test_seed:
             raise ValueError(f"test_seed={self.test_seed!r} must be None or an integer >= 0")
-        if self.test_seed is not None and self.dataset != DEFAULT_DATASET:
-            raise ValueError(f"test_seed={self.test_seed!r} applies to dataset='cluttered_digits' only (whose test images "
-                             f"are composed), not dataset={self.dataset!r}, whose test split is the official one")
-        if self.dataset != DEFAULT_DATASET and self.background_label_correlation != 0.0:
-            raise ValueError(f"background_label_correlation={self.background_label_correlation!r} applies to "
-                             f"dataset='cluttered_digits' only, not dataset={self.dataset!r}")
+        if self.test_seed is not None and not REGISTRY[self.dataset].composed:
+            raise ValueError(f"test_seed={self.test_seed!r} applies to a composed dataset (cluttered_digits) only, not "
+                             f"dataset={self.dataset!r}, whose test split is the official one")
+        if not REGISTRY[self.dataset].background_swap and self.background_label_correlation != 0.0:
+            raise ValueError(f"background_label_correlation={self.background_label_correlation!r} applies to a dataset "
+                             f"with background swaps (cluttered_digits) only, not dataset={self.dataset!r}")
         if self.pretrained and self.backbone not in PRETRAINABLE:
             raise ValueError(f"pretrained=True needs one of the backbones {PRETRAINABLE}; backbone={self.backbone!r} "
                              "has no pretrained weights")

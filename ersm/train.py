@@ -44,8 +44,9 @@ from torch import nn
 from ersm.augment import cutout
 from ersm import distributed, numerics
 from ersm.checkpoint import load_checkpoint
-from ersm.config import DEFAULT_DATASET, TrainConfig
+from ersm.config import TrainConfig
 from ersm.data import evaluation_set, load_split, sealed, split_metadata, training_set
+from ersm.data.registry import entry as dataset_entry
 from ersm.engine import fit
 from ersm.inference import correct, predict
 from ersm.models import build_model
@@ -127,7 +128,7 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     data, validation = distributed.main_first(  # rank 0 downloads, the others wait; the test split is never read
         lambda: (training_set(config), evaluation_set(config, "validation")))
     model = make_model(config).to(device)
-    digits = config.dataset == DEFAULT_DATASET
+    digits = dataset_entry(config.dataset).composed  # tensors in memory, Cutout per batch; else a Dataset
     augment = functools.partial(_cutout, size=config.cutout_size) if digits and config.augmentation == "cutout" else None
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,10 @@ def training_history(config: TrainConfig) -> list[dict]:
     """The per-epoch records of a trained config (trains it if needed).
 
     A finished cache entry is verified and read once, and no model is built for it; otherwise
-    the model is trained (``get_model``) and its new checkpoint read."""
+    the model is trained (``get_model``) and its new checkpoint read. Under ``torchrun`` every
+    rank meets here first (``check_same``), so no rank reads the checkpoint before rank 0 has
+    written it."""
+    distributed.check_same(config.to_dict())
     run_dir = cache_dir() / config.digest()
     state = load_checkpoint(run_dir, discard=distributed.is_main())
     if state is None or state["epoch"] < config.epochs:

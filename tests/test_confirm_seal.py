@@ -87,7 +87,7 @@ def test_test_seed_is_checked_and_never_enters_the_hash():
     assert SEALED.digest() == TINY.digest() and SEALED.weight_fields() == TINY.weight_fields()
     for bad, match in ((dict(test_seed=-1), "test_seed=-1 must be None"), (dict(test_seed=True), "test_seed=True has type bool"),
                        (dict(test_seed="7"), "test_seed='7' has type str"),
-                       (dict(dataset="cifar10", test_seed=7), "test_seed=7 applies to dataset='cluttered_digits' only")):
+                       (dict(dataset="cifar10", test_seed=7), "test_seed=7 applies to a composed dataset")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(**bad)
 

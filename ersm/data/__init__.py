@@ -6,6 +6,8 @@
 - :class:`CIFAR10Masked`, :class:`OxfordPetMasked`: real datasets in the same item format;
   :class:`DatasetNotAvailable` when their files are missing offline.
 - :func:`capabilities`: which claims a dataset supports (object masks, background swap).
+- ``registry.REGISTRY``: one entry per dataset (spec, loader, augmentation, capability flags),
+  the only place that names the datasets; add a dataset there (``registry.py``).
 - :func:`plot_examples`: a grid of items with their masks outlined.
 - :func:`load_split`, :func:`training_set`, :func:`evaluation_set`, :func:`split_metadata`: the
   splits of a ``TrainConfig`` (any of its datasets), for training and for the notebooks
@@ -14,13 +16,28 @@
 Every dataset yields ``(image float32 [C, H, W] in [0, 1], label int, mask bool [1, H, W])``.
 """
 
-from .capabilities import capabilities
-from .digits import ClutteredDigits
-from .occlusion import occlude, occlusion_mask
-from .preview import plot_examples
-from .real import CIFAR10Masked, DatasetNotAvailable, OxfordPetMasked
-from .splits import SeededTransform, evaluation_set, load_split, split_metadata, training_set
-from .textures import BACKGROUNDS
+# Names are imported when first used (PEP 562): ``ersm.config`` imports ``ersm.data.registry``, and
+# an eager import of ``splits`` here would import ``ersm.config`` back before it is defined.
+_WHERE = {
+    "capabilities": ".capabilities", "ClutteredDigits": ".digits", "occlude": ".occlusion", "occlusion_mask": ".occlusion",
+    "plot_examples": ".preview", "CIFAR10Masked": ".real", "DatasetNotAvailable": ".real", "OxfordPetMasked": ".real",
+    "SeededTransform": ".splits", "evaluation_set": ".splits", "load_split": ".splits", "split_metadata": ".splits",
+    "training_set": ".splits", "BACKGROUNDS": ".textures",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ersm.data' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "BACKGROUNDS",

@@ -8,19 +8,18 @@
 - ``scene_metadata``: per-item scene facts (digit size, clutter, texture) that notebook 02's
   "what the mask tracks" table reads. Only the cluttered digits have them.
 
-A claim whose capability is missing is reported as "not applicable on <dataset>", never as a
+The flags come from the dataset's registry entry (``ersm.data.registry``). A claim whose capability is missing is reported as "not applicable on <dataset>", never as a
 verdict.
 """
 from __future__ import annotations
 
-from ersm.config import DATASETS, DEFAULT_DATASET
+from .registry import entry
 
 CAPABILITIES = ("object_masks", "background_swap", "scene_metadata")
 
 
 def capabilities(dataset: str) -> dict[str, bool]:
     """``{"object_masks": bool, "background_swap": bool, "scene_metadata": bool}`` for ``dataset``."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r} is unknown; choose one of {list(DATASETS)}")
-    digits = dataset == DEFAULT_DATASET
-    return {"object_masks": DATASETS[dataset].has_object_masks, "background_swap": digits, "scene_metadata": digits}
+    found = entry(dataset)   # ValueError naming an unknown dataset
+    return {"object_masks": found.spec.has_object_masks, "background_swap": found.background_swap,
+            "scene_metadata": found.scene_metadata}

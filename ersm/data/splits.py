@@ -55,16 +55,15 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ersm.augment import Cutout
-from ersm.config import DEFAULT_DATASET, TrainConfig
+from ersm.config import TrainConfig
 from ersm.paths import data_dir
 from ersm.seeding import derived_seed
 
 from .digits import ClutteredDigits
 from .sealed import check_readable
-from .real import CIFAR10Masked, OxfordPetMasked
+from .registry import entry
 
 SPLITS = ("train", "validation", "test")
-PET_LOAD_SIZE = 256  # Pets are read at this side, then cropped to the config's 224 (the usual 256/224 ratio)
 
 
 # --- cluttered digits ------------------------------------------------------------------------
@@ -96,10 +95,8 @@ def _digit_args(config: TrainConfig, split: str, background: str) -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _base(dataset: str, root: str, part: str, download: bool) -> Dataset:
-    """The whole official split ``part`` ("train" or "test") of a real dataset, read once per process."""
-    if dataset == "cifar10":
-        return CIFAR10Masked(root, train=part == "train", download=download)
-    return OxfordPetMasked(root, split="trainval" if part == "train" else "test", size=PET_LOAD_SIZE, download=download)
+    """The whole official split ``part`` ("train" or "test") of a file-based dataset, read once per process."""
+    return entry(dataset).open_part(root, part, download)
 
 
 def _real_base(config: TrainConfig, split: str, download: bool) -> Dataset:
@@ -122,22 +119,18 @@ def split_indices(config: TrainConfig, split: str, total: int) -> np.ndarray:
     return np.sort(chosen)
 
 
-def train_transform(config: TrainConfig) -> v2.Compose:
-    """The training split's per-item augmentation of a real dataset, ``[C, H, W] -> [C, S, S]``."""
-    if config.dataset == "cifar10":
-        steps = [v2.RandomCrop(config.image_size, padding=4), v2.RandomHorizontalFlip()]
-    else:
-        steps = [v2.RandomResizedCrop(config.image_size, antialias=True), v2.RandomHorizontalFlip()]
+def train_transform(config: TrainConfig):
+    """The training split's per-item augmentation of a file-based dataset, ``[C, H, W] -> [C, S, S]``:
+    its registry entry's steps, then Cutout when the config asks for it."""
+    steps = list(entry(config.dataset).train_steps(config.image_size))
     if config.augmentation == "cutout":
         steps.append(Cutout(config.cutout_size))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()   # a dataset may have no augmentation of its own
 
 
 def eval_transform(config: TrainConfig):
-    """The evaluation view of a real dataset (applied to image and mask alike): Pets' centre crop."""
-    if config.dataset == "cifar10":
-        return None
-    return v2.CenterCrop(config.image_size)
+    """The evaluation view of a file-based dataset (applied to image and mask alike; ``None``: as they are)."""
+    return entry(config.dataset).eval_view(config.image_size)
 
 
 class SeededTransform(Dataset):
@@ -191,7 +184,7 @@ def _check(config: TrainConfig, split: str, background: str) -> None:
         raise ValueError(f"config={config!r} must be a TrainConfig")
     if split not in SPLITS:
         raise ValueError(f"split={split!r} must be one of {SPLITS}")
-    if background != "random" and (config.dataset != DEFAULT_DATASET or split == "train"):
+    if background != "random" and (not entry(config.dataset).background_swap or split == "train"):
         raise ValueError(f"background={background!r} applies to the validation and test splits of "
                          f"dataset='cluttered_digits' only, not split={split!r} of dataset={config.dataset!r}")
     check_readable(config, split)
@@ -201,7 +194,7 @@ def training_set(config: TrainConfig, download: bool = True):
     """The training split as ``ersm.fit`` takes it: ``(images, labels)`` tensors for the cluttered
     digits (Cutout then runs per batch in the engine), else a :class:`SeededTransform` Dataset."""
     _check(config, "train", "random")
-    if config.dataset == DEFAULT_DATASET:
+    if entry(config.dataset).composed:
         images, labels, _ = _digits(*_digit_args(config, "train", "random"))
         return images, labels
     base = _real_base(config, "train", download)
@@ -211,7 +204,7 @@ def training_set(config: TrainConfig, download: bool = True):
 def evaluation_set(config: TrainConfig, split: str, download: bool = True):
     """``split`` for scoring: ``(images, labels, masks)`` tensors (digits) or an :class:`EvaluationView`."""
     _check(config, split, "random")
-    if config.dataset == DEFAULT_DATASET:
+    if entry(config.dataset).composed:
         return _digits(*_digit_args(config, split, "random"))
     base = _real_base(config, split, download)
     return EvaluationView(base, split_indices(config, split, len(base)), eval_transform(config))
@@ -224,7 +217,7 @@ def load_split(config: TrainConfig, split: str, background: str = "random", down
     picks a cluttered-digits validation or test set. Digit splits are cached in memory (8 most recent).
     """
     _check(config, split, background)
-    if config.dataset == DEFAULT_DATASET:
+    if entry(config.dataset).composed:
         return _digits(*_digit_args(config, split, background))
     view = evaluation_set(config, split, download)
     items = [view[k] for k in range(len(view))]
@@ -235,6 +228,6 @@ def load_split(config: TrainConfig, split: str, background: str = "random", down
 def split_metadata(config: TrainConfig, split: str = "test", background: str = "random") -> dict:
     """Per-item facts of a cluttered-digits split (clutter count, digit area, background, ...)."""
     _check(config, split, background)
-    if config.dataset != DEFAULT_DATASET:
+    if not entry(config.dataset).scene_metadata:
         raise ValueError(f"dataset={config.dataset!r} has no per-item metadata; only 'cluttered_digits' has")
     return _dataset(*_digit_args(config, split, background)).metadata()

@@ -34,7 +34,8 @@ from ersm.data import ClutteredDigits
 from ersm.layer import VARIANTS
 from ersm.engine import train_step
 from ersm.models import build_model, count_parameters
-from ersm.seeding import default_device, seed_everything
+from ersm.devices import resolve as resolve_device
+from ersm.seeding import seed_everything
 
 STEP_RATIO_TARGET = 1.05       # ERSM step time / dense step time, at most
 PARAM_RATIO_TARGET = 1.01      # ERSM parameters / dense parameters, at most
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--repeats={args.repeats} must be >= 1")
 
     seed_everything(0)  # the same threads and deterministic kernels as training
-    device = default_device()
+    device = resolve_device("auto")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else (platform.processor() or platform.machine())
     load = "n/a" if not hasattr(os, "getloadavg") else ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"ersm bench: device {device.type} ({name}), torch {torch.__version__}, "

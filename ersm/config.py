@@ -38,7 +38,7 @@ import torch
 from ersm import numerics
 from ersm.data.registry import DEFAULT_DATASET, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, DatasetSpec  # noqa: F401
 from ersm.layer import VARIANTS
-from ersm.seeding import DEVICES, resolve_device
+from ersm.devices import DEVICES, resolve as resolve_device
 
 MODELS = ("dense", *VARIANTS)  # a dense backbone, or its twin with one Energy-Mask variant (ersm.layer.VARIANTS)
 BACKBONES = ("small_cnn", "resnet20", "resnet18", "resnet18_imagenet", "resnet50_imagenet")

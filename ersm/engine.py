@@ -97,7 +97,8 @@ from ersm.inference import predict
 from ersm.layer import collect_terms, energy_masks
 from ersm.loss import Objective, ersm_objective
 from ersm.paths import atomic_write_text
-from ersm.seeding import DEVICES, derived_seed, resolve_device
+from ersm import devices
+from ersm.seeding import derived_seed
 
 MASK_THRESHOLDS = (0.05, 0.1, 0.25)
 VALIDATION_PREFIX = "val_"  # history keys of the validation scores: val_accuracy, val_mean_mask, ...
@@ -510,24 +511,7 @@ def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, we
 
 
 def _device(model: nn.Module, device) -> torch.device:
-    if device is None:
-        parameter = next(model.parameters(), None)
-        if parameter is None:
-            raise ValueError("model has no parameters to train")
-        return parameter.device
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise ValueError(f"device={device!r} must be None, a str or a torch.device")
-    if device in DEVICES:
-        return resolve_device(device)
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"device={device!r} is not a device ({error})") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device on this machine")
-    return resolved
+    return devices.parse(device, model)
 
 
 def input_channels(model: nn.Module) -> int | None:

@@ -24,7 +24,7 @@ import torch
 
 from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, runs_dir
 from ersm import numerics
-from ersm.seeding import resolve_device
+from ersm.devices import resolve as resolve_device
 
 
 # What a run itself rewrites (executed notebooks, results, figures, the README's table): changes there do not make

@@ -35,18 +35,3 @@ def derived_seed(*parts: int) -> int:
     """A 63-bit seed from several integers (for per-epoch generators), stable across runs."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]) >> 1
 
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else the CPU; ``"cuda"`` without a GPU is refused."""
-    if name not in DEVICES:
-        raise ValueError(f"device={name!r} must be one of {DEVICES}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for, but torch sees no CUDA device on this machine")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def default_device() -> torch.device:
-    return resolve_device("auto")

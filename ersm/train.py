@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ersm.augment import cutout
-from ersm import distributed, numerics
+from ersm import devices, distributed, numerics
 from ersm.checkpoint import load_checkpoint
 from ersm.config import TrainConfig
 from ersm.data import evaluation_set, load_split, sealed, split_metadata, training_set
@@ -124,7 +124,7 @@ def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_
     distributed.check_same(config.to_dict())  # under torchrun: every worker, the same config
     run_dir = run_dir or cache_dir() / config.digest()
     seed_everything(config.seed)
-    device = distributed.local_device(config.torch_device())
+    device = devices.for_process(config.device)
     data, validation = distributed.main_first(  # rank 0 downloads, the others wait; the test split is never read
         lambda: (training_set(config), evaluation_set(config, "validation")))
     model = make_model(config).to(device)
@@ -199,7 +199,7 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
     if state is not None and state["epoch"] >= config.epochs:
         model = make_model(config, load_pretrained=False)
         model.load_state_dict(state["model"])
-        return model.to(distributed.local_device(config.torch_device())).eval()
+        return model.to(devices.for_process(config.device)).eval()
     sealed.check_may_train(config)  # a process that opened the confirm run's test split trains nothing
     return train(config, run_dir, progress=progress)
 

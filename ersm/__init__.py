@@ -7,7 +7,8 @@ import torch  # noqa: E402  (after the pins, on purpose)
 
 _numerics.apply()
 
-from ersm.layer import EnergyMask, EnergyTerms, TermsCollector, collect_terms, energy_masks  # noqa: E402
+from ersm.layer import EnergyMask, EnergyTerms, energy_masks  # noqa: E402
+from ersm.collection import TermsCollector, collect_terms  # noqa: E402
 from ersm.loss import ersm_objective, regularization_loss  # noqa: E402
 from ersm.models import SmallCNN, build_model, insert_energy_mask, resnet18_cifar, split_at  # noqa: E402
 from ersm.engine import Fitted, fit, train_step  # noqa: E402

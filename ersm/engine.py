@@ -94,7 +94,8 @@ from tqdm import tqdm
 from ersm import distributed
 from ersm.checkpoint import load_checkpoint, save_checkpoint
 from ersm.inference import predict
-from ersm.layer import collect_terms, energy_masks
+from ersm.collection import collect_terms
+from ersm.layer import energy_masks
 from ersm.loss import Objective, ersm_objective
 from ersm.paths import atomic_write_text
 from ersm import devices

@@ -6,7 +6,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import collect_terms, energy_masks
+from ersm.collection import collect_terms
+from ersm.layer import energy_masks
 
 
 class Outputs(NamedTuple):

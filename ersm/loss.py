@@ -40,14 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ersm.layer import TermsCollector, energy_masks
+from ersm.collection import TermsCollector
+from ersm.layer import energy_masks
 
 
 def regularization_loss(source: nn.Module | TermsCollector) -> torch.Tensor:
     """Sum over the EnergyMask layers of ``mean(gate_open * energy)``.
 
     ``source`` is a model (each layer's last forward, ``layer.terms``) or a
-    :class:`~ersm.layer.TermsCollector` (every collected forward of each layer, token-weighted).
+    :class:`~ersm.collection.TermsCollector` (every collected forward of each layer, token-weighted).
     ``gate_open`` is the mask (``mean(m * E)``, the paper's) except for "hardconcrete" (``mean(pi * E)``).
 
     Returns a 0-d tensor; ``0`` for a model without any EnergyMask. Raises ``RuntimeError``
@@ -102,7 +103,7 @@ class Objective(NamedTuple):
 def ersm_objective(logits: torch.Tensor, targets: torch.Tensor, model: nn.Module | TermsCollector, beta: float) -> Objective:
     """The paper's training loss for ``logits [B, K]`` and ``targets [B]`` after ``model``'s forward.
 
-    ``model`` may be a :class:`~ersm.layer.TermsCollector` instead (see :func:`regularization_loss`).
+    ``model`` may be a :class:`~ersm.collection.TermsCollector` instead (see :func:`regularization_loss`).
     """
     if not beta >= 0:
         raise ValueError(f"beta={beta!r} must be >= 0")

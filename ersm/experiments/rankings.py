@@ -55,7 +55,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ersm.layer import EnergyMask, collect_terms, energy_masks
+from ersm.collection import collect_terms
+from ersm.layer import EnergyMask, energy_masks
 from ersm.metrics.deletion import gradcam_scores, magnitude_scores, random_scores
 from ersm.models import split_at
 

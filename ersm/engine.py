@@ -511,6 +511,12 @@ def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, we
     return _Plan(device, steps)
 
 
+def _check_channels(what: str, found: int, shape: str, channels: int | None) -> None:
+    """Refuse images whose channel count differs from the model's first convolution (``None``: unknown)."""
+    if channels is not None and found != channels:
+        raise ValueError(f"{what} have {found} channels{shape}, but the model's first convolution expects {channels}")
+
+
 def _device(model: nn.Module, device) -> torch.device:
     return devices.parse(device, model)
 
@@ -552,9 +558,7 @@ def _check_data(argument: str, data, model: nn.Module, batch_size: int, training
         if classes is not None and (labels.min() < 0 or labels.max() >= classes):
             raise ValueError(f"{argument}: labels run from {labels.min().item()} to {labels.max().item()}, but the "
                              f"model has {classes} outputs")
-        if channels is not None and images.shape[1] != channels:
-            raise ValueError(f"{argument}: images have {images.shape[1]} channels (shape {tuple(images.shape)}), but "
-                             f"the model's first convolution expects {channels}")
+        _check_channels(f"{argument}: images", images.shape[1], f" (shape {tuple(images.shape)})", channels)
         return math.ceil(len(images) / batch_size)
     if isinstance(data, Dataset):
         if not hasattr(data, "__len__"):
@@ -565,9 +569,7 @@ def _check_data(argument: str, data, model: nn.Module, batch_size: int, training
         if not isinstance(image, torch.Tensor) or image.dim() != 3:
             raise ValueError(f"{argument}={type(data).__name__}: items must start with an image tensor [C, H, W], "
                              f"got {type(image).__name__}")
-        if channels is not None and image.shape[0] != channels:
-            raise ValueError(f"{argument}={type(data).__name__}: images have {image.shape[0]} channels, but the "
-                             f"model's first convolution expects {channels}")
+        _check_channels(f"{argument}={type(data).__name__}: images", image.shape[0], "", channels)
         return math.ceil(len(data) / batch_size)
     if not training or not isinstance(data, Iterable) or not hasattr(data, "__len__"):
         kinds = "tensors or a Dataset" if not training else "tensors, a Dataset or an iterable of batches with len()"

@@ -31,6 +31,7 @@ from ersm.metrics.stats import coefficient_of_variation
 from ersm.profiles import parameters
 from ersm.results import json_safe
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, overall_verdict
+from helpers.bad_input import refusal_test
 
 ERSM_NAME, CONTROL, MAGNITUDE = "ERSM x", "ERSM x, beta=0", "dense (relative magnitude)"
 N_BOOT = 400
@@ -609,11 +610,7 @@ BAD_INPUT = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_is_refused_naming_the_argument(case):
-    call, message = BAD_INPUT[case]
-    with pytest.raises(ValueError, match=message):
-        call()
+test_bad_input_is_refused_naming_the_argument = refusal_test(BAD_INPUT)
 
 
 def test_the_good_inputs_behind_the_bad_ones_give_verdicts():

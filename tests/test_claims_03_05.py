@@ -25,6 +25,7 @@ from ersm.experiments.rankings import ENERGY, GRADCAM, MAGNITUDE, MASK, MASKED_M
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.stats import paired_bootstrap
 from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, claims_markdown, superiority
+from helpers.bad_input import refusal_test
 
 N_BOOT = 400
 ERSM_NAME = "ERSM x"
@@ -716,11 +717,7 @@ BAD_INPUT = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_is_refused_naming_the_argument(case):
-    call, message = BAD_INPUT[case]
-    with pytest.raises(ValueError, match=message):
-        call()
+test_bad_input_is_refused_naming_the_argument = refusal_test(BAD_INPUT)
 
 
 def test_the_good_inputs_behind_the_bad_ones_give_verdicts():

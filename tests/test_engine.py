@@ -108,6 +108,19 @@ def test_train_step_raises_on_a_non_finite_loss_before_the_update():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+class _ListDataset(torch.utils.data.Dataset):
+    """A map-style Dataset over ``(images, labels)`` tensors."""
+
+    def __init__(self, tensors) -> None:
+        self.images, self.labels = tensors
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
 @pytest.mark.parametrize("change, words", [
     (dict(epochs=0), "epochs=0"),
     (dict(batch_size=0), "batch_size=0"),
@@ -124,6 +137,9 @@ def test_train_step_raises_on_a_non_finite_loss_before_the_update():
     (dict(data=coloured(8)[0]), "data=Tensor"),
     (dict(data=TensorDataset(*coloured(8)), augment=lambda x, g: x), "augment=.* applies to tensor data only"),
     (dict(validation=coloured(8, channels=1)), "validation: images have 1 channels"),
+    (dict(data=TensorDataset(coloured(8, channels=1)[0][:, 0], coloured(8)[1])), "items must start with an image tensor"),
+    (dict(validation=_ListDataset(coloured(8, channels=1))),
+     r"validation=_ListDataset: images have 1 channels, but the model's first convolution expects 3"),
     (dict(model="resnet"), "model=str"),
 ])
 def test_bad_input_is_refused_by_name_before_any_work(change, words, monkeypatch):

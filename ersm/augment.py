@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ersm.checks import check_count
+
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero one ``size x size`` square per image at a uniformly random centre ``[B, C, H, W]``.
@@ -31,8 +33,7 @@ class Cutout(nn.Module):
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size={size!r} must be an integer >= 1")
+        check_count("size", size, 1)
         self.size = size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ it reaches a claim (``ersm.verdicts``, ``ersm.experiments.*``) or an interval di
 (``ersm.metrics.hierarchical``):
 
 - :func:`check_units`: ``[N]``, one value per test image;
-- :func:`check_seed_images`: ``[S, N]``, seeds by row and the same test images by column.
+- :func:`check_seed_images`: ``[S, N]``, seeds by row and the same test images by column;
+- :func:`check_count`: a count argument (seeds, resamples, steps, jobs ...): an integer, not a
+  bool, at least some minimum; the one form of that check in the package.
 
 Both refuse fewer than :data:`MIN_UNITS` values along an axis an interval runs over, and NaN or
 inf (with ``allow_nan``, NaN passes, for callers that drop those images themselves; inf never
@@ -16,6 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
+
+
+def check_count(name: str, value, minimum: int, note: str = "") -> None:
+    """Refuse ``value`` unless it is an integer (Python or NumPy, not a bool) ``>= minimum``;
+    the message names the argument and the value: ``"<name>=<value> must be an integer >= <minimum><note>"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{note}")
 
 
 def check_units(name: str, values, n: int | None = None, allow_nan: bool = False) -> np.ndarray:

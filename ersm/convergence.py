@@ -78,6 +78,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from ersm.checks import check_count
 from ersm.config import TrainConfig
 from ersm.verdicts import NOT_CONVERGED, Claim, check_member
 
@@ -150,8 +151,7 @@ def detectable_change(discordant: int, n: int, alpha: float = STABILITY_ALPHA) -
     test flags (``p < alpha``) when ``discordant`` images differ between the two runs; NaN when
     no split of them is significant (too few discordant images)."""
     for name, value in (("discordant", discordant), ("n", n)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        check_count(name, value, 0)
     if discordant > n or n == 0:
         raise ValueError(f"discordant={discordant} must not exceed n={n}, and n must be positive")
     for difference in range(discordant % 2, discordant + 1, 2):   # b - c has the parity of b + c

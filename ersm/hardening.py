@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ersm.checks import check_count
 from ersm.layer import EnergyMask, energy_masks
 
 MASK, ENERGY, MAGNITUDE, MASKED_MAGNITUDE, RANDOM, ORACLE = (
@@ -227,8 +228,7 @@ def harden(model: nn.Module, keep: float, ranking: str = MASK, seed: int = 0, ex
         raise ValueError(f"execution={execution!r} must be one of {EXECUTIONS}")
     if execution == "auto" and not isinstance(probe, torch.Tensor):
         raise ValueError(f"execution='auto' decides by measurement and needs probe=images [B, C, H, W], got probe={probe!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
+    check_count("repeats", repeats, 1)
     check_hardenable(model)
     if execution != "dense":
         cut, after = sparse_layout(model, stages)  # refuses a model sparse execution cannot run, before copying

@@ -104,6 +104,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ersm.checks import check_count
+
 VARIANTS = ("paper", "calibrated", "meanfield", "hardconcrete")  # the one variant list: config, tuning, families derive from it
 NEIGHBOURHOODS = (4, 8)
 
@@ -283,8 +285,7 @@ class EnergyMask(nn.Module):
                 raise ValueError(f"{name}={value!r} must be a finite number >= 0")
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ValueError(f"iterations={iterations!r} must be an integer >= 0")
+        check_count("iterations", iterations, 0)
         self.channels, self.proj_dim, self.variant = channels, proj_dim, variant
         self.iterations = iterations
         self.lambda_unary, self.lambda_pair = float(lambda_unary), float(lambda_pair)
@@ -373,8 +374,7 @@ def _check_finite(energy: torch.Tensor) -> bool:
 
 
 def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    check_count(name, value, 1)
 
 
 def energy_masks(model: nn.Module) -> list[tuple[str, EnergyMask]]:

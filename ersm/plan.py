@@ -31,6 +31,7 @@ from multiprocessing import get_context
 from typing import Callable, Iterator
 
 from ersm import convergence, tuning
+from ersm.checks import check_count
 from ersm.config import TrainConfig, from_dict
 from ersm.data import capabilities
 from ersm.experiments import accuracy, common, sparsity
@@ -84,8 +85,7 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
 def warm(profile: str, jobs: int = 1, parameters_for: Callable[[str, str], dict] = parameters) -> int:
     """Train every model of ``profile`` that the cache lacks (``phases``), ``jobs`` at a time;
     returns how many were trained. Prints one line per phase and per model trained."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
+    check_count("jobs", jobs, 1)
     trained = 0
     for phase, configs in phases(profile, parameters_for):
         unique = list({config.digest(): config for config in configs}.values())

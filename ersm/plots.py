@@ -24,6 +24,7 @@ import seaborn as sns
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from ersm.checks import check_count
 from ersm.engine import MASK_THRESHOLDS, VALIDATION_PREFIX
 from ersm.experiments.sparsity import relative_mask
 from ersm.paths import atomic_write_bytes, figures_dir
@@ -202,8 +203,7 @@ def _first_mask(masks: dict, name: str) -> tuple[object, torch.Tensor]:
 
 def _check_count(n, **available: int) -> int:
     """``n`` when every input holds at least ``n`` items; else ``ValueError`` naming the short one."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} must be an integer >= 1")
+    check_count("n", n, 1)
     for argument, count in available.items():
         if count < n:
             raise ValueError(f"n={n} images asked for, but {argument} holds {count}")

@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from ersm.checks import MIN_UNITS
+from ersm.checks import MIN_UNITS, check_count
 from ersm.rules import RULES_PAGE, VERSION
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
@@ -144,8 +144,7 @@ def _sorted(items) -> list:
 
 def check_n_boot(n_boot) -> None:
     """``n_boot`` is an integer >= 1 (checked up front, also where a claim ends before any bootstrap)."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 1")
+    check_count("n_boot", n_boot, 1)
 
 
 def check_distinct(first: str, a, second: str, b) -> None:

@@ -154,3 +154,31 @@ def test_configs_written_before_test_seed_keep_their_files_and_verify(tmp_path):
     assert "test_seed" not in written and from_dict(written).to_dict() == written
     assert _verify(entry)[0] is None
     assert "test_seed" in SEALED.to_dict() and from_dict(SEALED.to_dict()) == SEALED
+
+
+def test_the_small_cnn_study_reads_the_exploratory_trials_and_trains_from_their_selection(tiny_study, monkeypatch):
+    """With the trials in the cache (as `ersm models import models/full` leaves them), the study
+    trains no trial again, and its final models carry the selected settings at seeds 10-11."""
+    from ersm import tuning
+    monkeypatch.setattr(confirm, "validation_swapped_accuracy", lambda config: 25.0)
+    base, trials = confirm.base_of("confirm_small_cnn"), profiles.CONFIRM["confirm_small_cnn"]["TUNING_TRIALS"]
+    dense = tuning.trial_configs(base, "dense", trials)
+    for config in dense:
+        ersm.train.get_model(config)
+    recipe = tuning.tune(base, trials, families=())[0]
+    for runs in tuning.trials_by_family(base, trials, recipe, confirm.TUNED["small_cnn"]).values():
+        for config in runs:
+            ersm.train.get_model(config)
+    phases = {}
+    for name, configs in confirm.phases("confirm_small_cnn"):
+        phases[name] = configs
+        if name == "final models":
+            break   # the later phases would train these
+    assert all(ersm.train.is_cached(c) for c in phases["dense trials"] + phases["ERSM trials"])
+    selected = confirm.selections("confirm_small_cnn")
+    finals = phases["final models"]
+    assert {c.seed for c in finals} == {10, 11} and len(finals) == 2 * len(confirm.PRIMARY + confirm.SECONDARY["small_cnn"])
+    paper = [c for c in finals if c.model == "paper" and c.beta > 0][0]
+    assert (paper.lambda_unary, paper.lambda_pair, paper.beta, paper.lr) == (
+        selected["paper"]["lambda_unary"], selected["paper"]["lambda_pair"], selected["paper"]["beta"], selected["dense"]["lr"])
+    assert all(c.test_seed == CONFIRM_TEST_SEED for c in finals)

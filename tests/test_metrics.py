@@ -383,3 +383,14 @@ def test_bad_inputs_raise_value_error_naming_the_argument(case):
     call, name = _bad_inputs()[case]
     with pytest.raises(ValueError, match=name.replace("[", r"\[")):
         call()
+
+
+def test_check_count_is_the_one_count_check():
+    """Issue 33: one form of the integer-count check (ersm.checks.check_count), naming argument and value."""
+    import numpy as np
+    from ersm.checks import check_count
+    check_count("n_boot", 5, 1)
+    check_count("n_boot", np.int64(5), 1)
+    for bad in (True, 0, 2.0, "3", None):
+        with pytest.raises(ValueError, match=rf"n_boot={bad!r} must be an integer >= 1 \(resamples\)".replace("'", ".")):
+            check_count("n_boot", bad, 1, " (resamples)")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ersm.checks import check_count
 from ersm.experiments.common import CONTROLS, DENSE, PAPER
 from ersm.experiments.controls import BUILT_IN, REGULARISER, VS_DENSE
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval, seed_t_interval
@@ -37,8 +38,7 @@ RULES = "rules v3 (docs/rules.md#rules-v3-confirmatory)"
 
 def level(m: int) -> float:
     """The two-sided level of each of ``m`` primary rows: ``1 - 0.05 / m`` (Bonferroni)."""
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-        raise ValueError(f"m={m!r} must be an integer >= 1 (the number of primary rows)")
+    check_count("m", m, 1, " (the number of primary rows)")
     return 1 - FAMILY_ALPHA / m
 
 

@@ -49,7 +49,7 @@ from ersm.inference import predict
 from ersm.layer import energy_masks
 from ersm.metrics.hierarchical import paired_rule_v2_interval, seed_t_interval
 from ersm.metrics.stats import coefficient_of_variation
-from ersm.checks import check_seed_images
+from ersm.checks import check_count, check_seed_images
 from ersm.verdicts import (MIN_UNITS, NOT_SUPPORTED, Claim, check_distinct, check_frame,
                             check_member, check_seed_pairs, overall_verdict, superiority)
 
@@ -385,10 +385,8 @@ def emergence_claim(per_image: dict, treatment: str, control: str, n_boot: int, 
     check_distinct("treatment", treatment, "control", control)
     a = check_seed_images(f"per_image[{treatment!r}]", per_image[treatment])
     b = check_seed_images(f"per_image[{control!r}]", per_image[control], shape=a.shape, paired_with=f"per_image[{treatment!r}]")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    check_count("n_boot", n_boot, 1)
+    check_count("seed", seed, 0)
     degenerate_seeds = None
     if frame is not None:
         check_frame(frame, "frame", ("model", "seed", "mean_sparsity", "degenerate"))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
+from ersm.checks import check_count
 from ersm.layer import energy_masks
 
 ORDERS = ("most", "least")
@@ -317,8 +318,7 @@ def _check_choice(name: str, value, choices) -> None:
 
 
 def _check_steps(steps) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    check_count("steps", steps, 1)
 
 
 def _check_scores(scores) -> None:
@@ -350,5 +350,4 @@ def _check_batch(x, scores, targets, steps, order, mode, batch_size) -> None:
     _check_steps(steps)
     _check_choice("order", order, ORDERS)
     _check_choice("mode", mode, MODES)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    check_count("batch_size", batch_size, 1)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ersm.checks import check_count
+
 
 def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``maps [N, h, w] -> [N, H, W]`` (float64), bilinear with ``align_corners=False``."""
@@ -42,8 +44,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -
     With ``tolerance = t`` the mask is first dilated by a ``(2t+1) x (2t+1)`` square, i.e. a hit
     is a pixel within Chebyshev distance ``t`` of the object.
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"tolerance={tolerance!r} must be an integer >= 0 (pixels)")
+    check_count("tolerance", tolerance, 0, " (pixels)")
     maps, masks = _prepare(maps, masks, allow_empty=False)
     if tolerance:
         window = 2 * tolerance + 1

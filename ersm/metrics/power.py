@@ -25,6 +25,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from ersm.checks import check_count
+
 
 def seeds_for_noninferiority(sd: float, margin: float, power: float = 0.8, alpha: float = 0.025,
                              max_seeds: int = 1000) -> int:
@@ -36,8 +38,7 @@ def seeds_for_noninferiority(sd: float, margin: float, power: float = 0.8, alpha
     _check_positive("margin", margin)
     _check_open("power", power, 0.0, 1.0)
     _check_open("alpha", alpha, 0.0, 0.5)
-    if isinstance(max_seeds, bool) or not isinstance(max_seeds, (int, np.integer)) or max_seeds < 2:
-        raise ValueError(f"max_seeds={max_seeds!r} must be an integer >= 2")
+    check_count("max_seeds", max_seeds, 2)
     n = np.arange(2, int(max_seeds) + 1)
     df = n - 1
     needed = ((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd / margin) ** 2
@@ -50,8 +51,7 @@ def seeds_for_noninferiority(sd: float, margin: float, power: float = 0.8, alpha
 
 def noninferiority_power(n: int, sd: float, margin: float, alpha: float = 0.025) -> float:
     """Power of the one-sided paired t-test for non-inferiority at a true difference of 0."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n={n!r} must be an integer >= 2 (seeds)")
+    check_count("n", n, 2, " (seeds)")
     _check_positive("sd", sd)
     _check_positive("margin", margin)
     _check_open("alpha", alpha, 0.0, 0.5)

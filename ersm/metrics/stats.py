@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ersm.checks import check_count
+
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: Student-t interval of the mean over ``values`` (e.g. one per seed)."""
@@ -90,5 +92,4 @@ def _check_level(level) -> None:
 
 
 def _check_n_boot(n_boot) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} must be an integer >= 1")
+    check_count("n_boot", n_boot, 1)

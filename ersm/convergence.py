@@ -75,6 +75,7 @@ import math
 from typing import Callable
 
 import numpy as np
+import torch
 import pandas as pd
 from scipy.stats import binomtest
 
@@ -88,6 +89,32 @@ STABILITY_SEED_INDEX = 1
 STABILITY_ALPHA = 0.001
 HALF_POINT = 0.5  # the first text's bar, still shown beside the test
 KEPT_MASS_TOLERANCE = 0.25  # rules v3, condition 3: relative change of the validation kept mass
+
+
+# --- the rule's inputs, read from the trained models (training and validation splits only) ---
+
+def clean_training_cross_entropy(config: TrainConfig) -> float:
+    """Mean cross-entropy (nats) of the trained model of ``config`` over its training images
+    *without* augmentation, in evaluation mode (trains the model if needed). The convergence rule
+    reads it for augmented models, whose batch loss includes what the augmentation hides
+    (:func:`fit_cross_entropy`)."""
+    from ersm.inference import predict
+    from ersm.train import get_model, training_data
+
+    images, labels, _ = training_data(config)
+    logits = predict(get_model(config), images).logits
+    return torch.nn.functional.cross_entropy(logits, labels.to(logits.device)).item()
+
+
+def validation_correct(config: TrainConfig):
+    """``[n_val]`` bool numpy array: which validation images the trained model of ``config``
+    classifies right, in evaluation mode (trains the model if needed). The convergence rule's
+    stability test compares two runs image by image (:func:`stability`)."""
+    from ersm.inference import correct
+    from ersm.train import get_model, validation_data
+
+    images, labels, _ = validation_data(config)
+    return correct(get_model(config), images, labels).numpy()
 
 
 def longer_config(config: TrainConfig) -> TrainConfig:
@@ -113,12 +140,12 @@ def fit_cross_entropy(config: TrainConfig, final: dict,
                       clean_cross_entropy_of: Callable[[TrainConfig], float] | None = None) -> float:
     """The cross-entropy condition 1 compares with ``CE_MAX``: ``final["cross_entropy"]`` (the last
     epoch's training-batch mean) for a model trained without augmentation; for an augmented one,
-    ``clean_cross_entropy_of(config)`` (default ``ersm.train.clean_training_cross_entropy``: the
+    ``clean_cross_entropy_of(config)`` (default ``clean_training_cross_entropy``: the
     trained model over its training images without augmentation, in evaluation mode)."""
     if config.augmentation == "none":
         return final["cross_entropy"]
     if clean_cross_entropy_of is None:
-        from ersm.train import clean_training_cross_entropy as clean_cross_entropy_of
+        clean_cross_entropy_of = clean_training_cross_entropy
     return float(clean_cross_entropy_of(config))
 
 
@@ -195,7 +222,7 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     a trained config's per-epoch records (default ``ersm.train.training_history``, which trains
     when the cache lacks the model); ``clean_cross_entropy_of`` goes to ``fit_cross_entropy`` for
     augmented models; ``correct_of(config)`` gives ``[n_val]`` bool, the validation images the
-    trained model classifies right (default ``ersm.train.validation_correct``, which trains too).
+    trained model classifies right (default ``validation_correct``, which trains too).
     Columns: ``model, seed, epochs, cross_entropy`` (final epoch, training batches),
     ``fit_cross_entropy`` (what condition 1 reads), ``fits``, ``val_accuracy`` (final, %), the
     family's pair (``stability_seed`` and the columns of ``stability``; NaN when not measured),
@@ -212,7 +239,7 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     if history_of is None:
         from ersm.train import training_history as history_of
     if correct_of is None:
-        from ersm.train import validation_correct as correct_of
+        correct_of = validation_correct
     if not isinstance(configs, dict) or not configs or any(not runs for runs in configs.values()):
         raise ValueError(f"configs must map each family name to a non-empty list of configs, got {configs!r}")
     pairs = {name: stability_config(name, runs) for name, runs in configs.items()}  # refuses before any work

@@ -3,7 +3,9 @@
 The training loop itself is the engine's, :func:`ersm.engine.fit`; this module turns a
 :class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache. The data
 comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``validation_data``,
-``test_data`` and ``test_metadata`` here are thin re-exports for older callers. Started by
+``test_data`` and ``test_metadata`` here are thin re-exports that notebook 02 still imports
+(issue 33 moves it to ``ersm.data`` with the notebooks' setup). The convergence rule's inputs
+read from trained models live in ``ersm.convergence``. Started by
 ``torchrun`` (``ersm.distributed``), every worker runs the same call and rank 0 alone writes.
 
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
@@ -48,7 +50,6 @@ from ersm.config import TrainConfig
 from ersm.data import evaluation_set, load_split, sealed, split_metadata, training_set
 from ersm.data.registry import entry as dataset_entry
 from ersm.engine import fit
-from ersm.inference import correct, predict
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
 from ersm.seeding import seed_everything
@@ -211,24 +212,6 @@ def is_cached(config: TrainConfig) -> bool:
         return json.loads(manifest.read_text())["epoch"] >= config.epochs
     except (OSError, ValueError, KeyError):
         return False
-
-
-def clean_training_cross_entropy(config: TrainConfig) -> float:
-    """Mean cross-entropy (nats) of the trained model of ``config`` over its training images
-    *without* augmentation, in evaluation mode (trains the model if needed). The convergence rule
-    reads it for augmented models, whose batch loss includes what the augmentation hides
-    (``ersm.convergence.fit_cross_entropy``)."""
-    images, labels, _ = training_data(config)
-    logits = predict(get_model(config), images).logits
-    return nn.functional.cross_entropy(logits, labels.to(logits.device)).item()
-
-
-def validation_correct(config: TrainConfig):
-    """``[n_val]`` bool numpy array: which validation images the trained model of ``config``
-    classifies right, in evaluation mode (trains the model if needed). The convergence rule's
-    stability test compares two runs image by image (``ersm.convergence.stability``)."""
-    images, labels, _ = validation_data(config)
-    return correct(get_model(config), images, labels).numpy()
 
 
 def training_history(config: TrainConfig) -> list[dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ersm.convergence
 import ersm.train
 from ersm.checkpoint import load_checkpoint
 from ersm import plan, tuning
@@ -50,7 +51,7 @@ def fake_histories(monkeypatch, fitting=lambda config: False):
         return 0.01 if fitting(config) else 1.0
 
     monkeypatch.setattr(ersm.train, "training_history", history_of)
-    monkeypatch.setattr(ersm.train, "clean_training_cross_entropy", clean_cross_entropy)
+    monkeypatch.setattr(ersm.convergence, "clean_training_cross_entropy", clean_cross_entropy)
     monkeypatch.setattr(plan, "training_history", history_of)
 
 

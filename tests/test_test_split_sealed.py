@@ -23,6 +23,7 @@ import ersm.data
 import ersm.data.digits
 import ersm.data.splits as splits
 import ersm.engine
+import ersm.convergence
 import ersm.train
 from ersm import convergence, tuning
 from ersm.cli import main
@@ -69,8 +70,8 @@ def test_training_a_config_reads_no_test_split(sealed, capsys):
     record = history[0]
     assert {"val_accuracy", "val_mean_mask", *(f"val_share_mask_below_{t}" for t in ersm.engine.MASK_THRESHOLDS)} <= set(record)
     assert not {"test_accuracy", "mean_mask"} & set(record)
-    ersm.train.clean_training_cross_entropy(TINY)
-    assert ersm.train.validation_correct(TINY).shape == (TINY.n_val,)
+    ersm.convergence.clean_training_cross_entropy(TINY)
+    assert ersm.convergence.validation_correct(TINY).shape == (TINY.n_val,)
     resumed = TINY.replace(epochs=2, seed=1)  # a run stopped and resumed loads its data twice
     ersm.train.train(resumed, cache_dir() / resumed.digest(), stop_after_epoch=1)
     ersm.train.get_model(resumed)

@@ -16,6 +16,7 @@ import torch
 
 import ersm.checkpoint
 import ersm.engine
+import ersm.convergence
 import ersm.train
 from ersm.augment import cutout
 from ersm.checkpoint import load_checkpoint
@@ -81,7 +82,7 @@ def test_second_get_model_is_a_cache_hit(monkeypatch):
 def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
     """What the convergence rule reads for an augmented model: the un-augmented split, BatchNorm's running statistics."""
     config = TINY.replace(model="dense", augmentation="cutout", cutout_size=16)
-    value = ersm.train.clean_training_cross_entropy(config)
+    value = ersm.convergence.clean_training_cross_entropy(config)
     model = ersm.train.get_model(config)
     images, labels, _ = ersm.train.training_data(config)
     with torch.no_grad():
@@ -93,7 +94,7 @@ def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
 
 def test_validation_correct_is_the_recorded_validation_accuracy_image_by_image():
     """What the stability test compares: one bool per validation image, whose mean is the last epoch's record."""
-    correct = ersm.train.validation_correct(TINY)
+    correct = ersm.convergence.validation_correct(TINY)
     assert correct.dtype == bool and correct.shape == (TINY.n_val,)
     assert correct.mean() == pytest.approx(ersm.train.training_history(TINY)[-1]["val_accuracy"], abs=1e-6)
     assert 0 < correct.sum() < TINY.n_val   # a tiny model gets some right, not all

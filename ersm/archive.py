@@ -121,7 +121,11 @@ def _verify(entry: Path) -> tuple[str | None, dict | None]:
         return "its checkpoint does not match its manifest", None
     if state.get("epoch", 0) < config.epochs:
         return "unfinished", None
-    if not isinstance(state.get("config"), dict) or from_dict(state["config"]) != config:
+    try:
+        same = isinstance(state.get("config"), dict) and from_dict(state["config"]) == config
+    except (ValueError, TypeError):
+        same = False
+    if not same:
         return "the config in its checkpoint differs from config.json", None
     if entry.name not in {config.digest(machine=machine) for machine in MACHINES}:
         return f"its name is not the digest of its config on any machine {MACHINES}", None

@@ -19,6 +19,9 @@ The phases, each built when the ones before it are trained:
    :data:`RHOS_DESCENDING` in turn, until one qualifies (:func:`qualifies`: dense's mean
    accuracy over seeds on validation images with swapped backgrounds is at least 10 points
    above chance). That rho is the primary rho; smaller ones are not trained.
+
+Before any phase, the text of rules v3 must be the frozen one, and the study's test split must
+never have been opened (``ersm.data.sealed.check_not_opened``).
 4. ``background ERSM``: ERSM paper and its ``beta = 0`` control at the primary rho (none if
    no rho qualifies).
 5. ``longer runs``: the convergence rule's 1.5x run of each family whose every seed fits.
@@ -31,7 +34,7 @@ from ersm import convergence, tuning
 from ersm.config import TrainConfig
 from ersm.experiments import common
 from ersm.experiments.common import CALIBRATED, CONTROLS, CUTOUT, DENSE, MEANFIELD, PAPER
-from ersm.experiments.occlusion import CHANCE, MARGIN
+from ersm.experiments.occlusion import background_rho
 from ersm.profiles import CONFIRM, CONFIRM_PROFILES
 
 SEEDS = tuple(range(10, 19))  # rules v3: 9 fresh model seeds per family
@@ -81,14 +84,20 @@ def validation_swapped_accuracy(config: TrainConfig) -> float:
 
 def qualifies(dense_runs: list[TrainConfig], accuracy_of=None) -> tuple[bool, float]:
     """``(qualifies, mean accuracy)``: whether dense's mean swapped-background validation accuracy
-    over its seeds is at least ``CHANCE + MARGIN`` (10 points above chance: 20% on the digits)."""
+    over its seeds is at least ``CHANCE + MARGIN`` (10 points above chance: 20% on the digits),
+    decided by ``occlusion.background_rho``, the function the notebooks read the rho with."""
     accuracy_of = accuracy_of or validation_swapped_accuracy
-    mean = sum(accuracy_of(config) for config in dense_runs) / len(dense_runs)
-    return mean >= CHANCE + MARGIN, mean
+    values = [accuracy_of(config) for config in dense_runs]
+    return background_rho({0.0: {DENSE: values}}) is not None, sum(values) / len(values)
 
 
 def phases(profile: str, accuracy_of=None) -> Iterator[tuple[str, list[TrainConfig]]]:
     """``(phase name, configs)`` in training order (module docstring)."""
+    from ersm.data.sealed import check_not_opened
+    from ersm.rules import check_v3_frozen
+
+    check_v3_frozen()            # the study runs under the frozen text only
+    check_not_opened(profile)    # and trains nothing once its test split was read
     params = _params(profile)
     base, trials, backbone = base_of(profile), params["TUNING_TRIALS"], params["BACKBONE"]
     dense_trials = tuning.trial_configs(base, "dense", trials)

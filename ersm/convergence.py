@@ -205,8 +205,11 @@ def mask_stability(normal: tuple[float, float], longer: tuple[float, float]) -> 
     longer over normal minus 1) and ``mask_stable`` (``|change| <= KEPT_MASS_TOLERANCE``)."""
     (kept, mean), (longer_kept, longer_mean) = normal, longer
     for name, value in (("normal kept mass", kept), ("longer kept mass", longer_kept)):
-        if not (isinstance(value, (int, float)) and 0 < value <= 1):
-            raise ValueError(f"{name}={value!r} must lie in (0, 1]")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value <= 1 or math.isnan(value)):
+            raise ValueError(f"{name}={value!r} must be a number in [0, 1] (or NaN)")
+    if not (kept > 0 and math.isfinite(longer_kept)):   # an all-zero or undefined mask: no stability to show
+        return {"kept_mass": kept, "longer_kept_mass": longer_kept, "kept_mass_change": math.nan, "mean_mask": mean,
+                "longer_mean_mask": longer_mean, "mask_stable": False}
     change = longer_kept / kept - 1
     return {"kept_mass": kept, "longer_kept_mass": longer_kept, "kept_mass_change": change, "mean_mask": mean,
             "longer_mean_mask": longer_mean, "mask_stable": bool(abs(change) <= KEPT_MASS_TOLERANCE)}
@@ -314,4 +317,13 @@ def summary_line(table: pd.DataFrame) -> str:
     unstable = int((table["fits"] & (table["stable"] == False)).sum())  # noqa: E712 (None is not False)
     return (f"{ok} of {n} models converged (rule: final training cross-entropy < {CE_MAX}, and the family's second seed "
             f"after {LONGER}x the epochs not detectably different on the validation images, McNemar p >= {STABILITY_ALPHA}); "
-            f"{unfit} do not fit their training set, {unstable} fit but are not stable")
+            f"{unfit} do not fit their training set, {unstable} fit but are not stable" + _mask_summary(table))
+
+
+def _mask_summary(table: pd.DataFrame) -> str:
+    """Condition 3's part of ``summary_line``, for a table assessed under rules v3 (``masks=True``)."""
+    if "mask_stable" not in table:
+        return ""
+    moved = int((table["fits"] & (table["stable"] == True) & (table["mask_stable"] == False)).sum())  # noqa: E712
+    return (f"; rules v3 also asks an ERSM family's validation kept mass to move by at most "
+            f"{KEPT_MASS_TOLERANCE:.0%} with the longer run: {moved} fit and are stable but their mask is not")

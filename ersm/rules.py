@@ -104,10 +104,11 @@ V3_VERSION = V3_AMENDMENTS[-1].version if V3_AMENDMENTS else "v3"
 
 
 def rules_page(root: Path | None = None) -> Path:
-    """``docs/rules.md`` of the checkout at ``root`` (default: ``ersm.paths.repo_root()``)."""
+    """``docs/rules.md`` of the checkout at ``root``; by default the checkout this package runs
+    from (the rules belong to the source, not to ``ERSM_HOME``), else ``ersm.paths.repo_root()``."""
     if root is None:
-        from ersm.paths import repo_root
-        root = repo_root()
+        from ersm.paths import PACKAGE_DIR, is_checkout, repo_root
+        root = PACKAGE_DIR.parent if is_checkout(PACKAGE_DIR.parent) else repo_root()
     return Path(root) / RULES_PAGE
 
 

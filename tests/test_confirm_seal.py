@@ -24,10 +24,11 @@ SEALED = TINY.replace(test_seed=CONFIRM_TEST_SEED)
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERSM_HOME", str(tmp_path / "home"))   # results/<profile>/ (the ledger) go here
     monkeypatch.setenv("ERSM_CACHE", str(tmp_path / "cache"))
     _digits.cache_clear()
     yield
-    sealed.close_test_split()
+    sealed._reset_for_tests()
     _digits.cache_clear()
 
 
@@ -57,17 +58,45 @@ def test_opening_needs_a_confirm_profile_and_a_notebook():
     assert not sealed.is_open()
 
 
+def test_a_study_refuses_to_train_under_edited_rules(tmp_path, monkeypatch):
+    page = (rules.rules_page()).read_text(encoding="utf-8")
+    monkeypatch.setattr(rules, "rules_page", lambda root=None: tmp_path / "rules.md")
+    (tmp_path / "rules.md").write_text(page.replace("9 seeds", "5 seeds"), encoding="utf-8")
+    with pytest.raises(rules.RulesChanged, match=rules.V3_SHA256):
+        next(confirm.phases("confirm_resnet20"))
+
+
 def test_opening_checks_the_frozen_rules_first(tmp_path, monkeypatch):
     page = (rules.rules_page()).read_text(encoding="utf-8")
-    (tmp_path / "checkout" / "docs").mkdir(parents=True)
-    (tmp_path / "checkout" / "docs" / "rules.md").write_text(page.replace("9 seeds", "5 seeds"), encoding="utf-8")
-    monkeypatch.setenv("ERSM_HOME", str(tmp_path / "checkout"))
+    monkeypatch.setattr(rules, "rules_page", lambda root=None: tmp_path / "rules.md")
+    (tmp_path / "rules.md").write_text(page.replace("9 seeds", "5 seeds"), encoding="utf-8")
     with pytest.raises(rules.RulesChanged, match=rules.V3_SHA256):
         sealed.open_test_split("confirm_resnet20", "01_training")
     assert not sealed.is_open()
 
 
-def test_once_open_the_split_is_new_images_of_the_same_digits():
+@pytest.fixture
+def trained_study(monkeypatch):
+    """Opening needs every phase trained: stand in for a finished study."""
+    monkeypatch.setattr(plan, "status", lambda profile: [("final models", 3, 3), ("longer runs", 1, 1)])
+
+
+def test_the_generator_refuses_the_sealed_composition_however_it_is_reached():
+    with pytest.raises(SealedTestSplit, match=f"seed {CONFIRM_TEST_SEED}"):
+        ersm.data.ClutteredDigits("test", 4, seed=CONFIRM_TEST_SEED)
+    with pytest.raises(SealedTestSplit):   # data_seed + 1 is the sealed seed
+        ersm.data.load_split(TINY.replace(data_seed=CONFIRM_TEST_SEED - 1), "test")
+    ersm.data.ClutteredDigits("validation", 4, seed=CONFIRM_TEST_SEED)   # other splits with that seed are not sealed
+
+
+def test_opening_needs_every_model_trained(monkeypatch):
+    monkeypatch.setattr(plan, "status", lambda profile: [("dense trials", 8, 8), ("ERSM trials", 3, 8)])
+    with pytest.raises(SealedTestSplit, match="ERSM trials: 3 of 8"):
+        sealed.open_test_split("confirm_resnet20", "01_training")
+    assert not sealed.is_open() and not sealed.ledger("confirm_resnet20").exists()
+
+
+def test_once_open_the_split_is_new_images_of_the_same_digits(trained_study):
     exploratory = ersm.data.load_split(TINY, "test")
     record = sealed.open_test_split("confirm_small_cnn", "01_training")
     assert record["test_seed"] == CONFIRM_TEST_SEED and record["rules_sha256"] == rules.V3_SHA256
@@ -77,10 +106,17 @@ def test_once_open_the_split_is_new_images_of_the_same_digits():
     assert ersm.data.split_metadata(SEALED, "test")["label"].tolist() == labels.tolist()
 
 
-def test_nothing_trains_once_the_split_is_open():
+def test_nothing_trains_once_the_split_is_open(trained_study):
     sealed.open_test_split("confirm_resnet20", "03_occlusion_robustness")
     with pytest.raises(SealedTestSplit, match="ersm warm --profile confirm_resnet20"):
         ersm.train.get_model(SEALED)
+    # and in any later process: the ledger says the split was opened, and warm refuses the study
+    import json
+    lines = sealed.ledger("confirm_resnet20").read_text().splitlines()
+    assert [json.loads(line)["notebook"] for line in lines] == ["03_occlusion_robustness"]
+    sealed._reset_for_tests()
+    with pytest.raises(SealedTestSplit, match="test_split_openings.jsonl"):
+        next(confirm.phases("confirm_resnet20"))
 
 
 def test_test_seed_is_checked_and_never_enters_the_hash():
@@ -135,6 +171,13 @@ def test_the_real_swapped_validation_accuracy_reads_validation_only(tiny_study):
     config = confirm.base_of("confirm_resnet20").replace(background_label_correlation=0.9, model="dense", seed=10)
     value = confirm.validation_swapped_accuracy(config)   # trains the tiny model; a test read would raise
     assert 0.0 <= value <= 100.0
+    # swapped: no validation image lies on its label's own background; drawn: most do at rho 0.9
+    from ersm.data.digits import BACKGROUNDS
+    swapped = ersm.data.split_metadata(config, "validation", "swapped")
+    drawn = ersm.data.split_metadata(config, "validation")
+    own = [BACKGROUNDS[label] for label in swapped["label"]]
+    assert all(b != o for b, o in zip(swapped["background"], own))
+    assert sum(b == o for b, o in zip(drawn["background"], own)) > len(own) / 2
 
 
 def test_the_small_cnn_study_refuses_to_retrain_the_exploratory_trials(tiny_study):

@@ -68,6 +68,17 @@ def test_not_converged_keeps_the_numbers_and_replaces_every_verdict():
     assert [r.difference for r in gated.rows] == [r.difference for r in kept.rows]
     with pytest.raises(ValueError, match="converged='no'"):
         v3.accuracy(frame, converged="no")
+    with pytest.raises(ValueError, match="no entry for"):
+        v3.accuracy(frame, converged={PAPER: True, DENSE: True})
+
+
+def test_convergence_gates_each_row_by_the_families_it_reads():
+    """Only dense failed: the paper-vs-dense row is gated, the regulariser row stands and decides."""
+    status = {PAPER: True, DENSE: False, CONTROL: True}
+    costly = v3.accuracy(accuracy_frame(-0.1, -3.0), converged=status)   # the regulariser costs 3 points
+    assert [r.verdict for r in costly.rows] == [NOT_CONVERGED, NOT_SUPPORTED] and costly.overall == NOT_SUPPORTED
+    fine = v3.accuracy(accuracy_frame(-0.1, 0.0), converged=status)
+    assert [r.verdict for r in fine.rows] == [NOT_CONVERGED, SUPPORTED] and fine.overall == NOT_CONVERGED
 
 
 def test_accuracy_refuses_unshared_seeds():

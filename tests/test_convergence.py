@@ -218,7 +218,8 @@ def test_v3_reads_the_kept_mass_of_the_longer_run(longer_kept, stable):
     assert calls == [("paper", 1, 4), ("paper", 1, 6)]
     # the same pair under rules v2.4: no mask columns, converged whatever the mask did
     v2 = convergence.assess(configs(), history_of, correct_of=correct_of)
-    assert "mask_stable" not in v2 and v2["converged"].all()
+    assert "mask_stable" not in v2 and v2["converged"].all() and "rules v3" not in convergence.summary_line(v2)
+    assert f"{0 if stable else 2} fit and are stable but their mask is not" in convergence.summary_line(table)
 
 
 def test_v3_asks_no_mask_of_a_dense_family_and_states_what_mcnemar_detects():
@@ -246,8 +247,10 @@ def test_detectable_change_and_mask_stability_refuse_bad_input():
     for args in ((-1, 10), (11, 10), (True, 10), (3, 0)):
         with pytest.raises(ValueError):
             convergence.detectable_change(*args)
-    with pytest.raises(ValueError, match="normal kept mass=0.0"):
-        convergence.mask_stability((0.0, 0.0), (0.1, 0.01))
+    with pytest.raises(ValueError, match="normal kept mass=1.5"):
+        convergence.mask_stability((1.5, 0.0), (0.1, 0.01))
+    assert convergence.mask_stability((0.0, 0.0), (0.1, 0.01))["mask_stable"] is False   # an all-zero mask
+    assert convergence.mask_stability((0.1, 0.0), (math.nan, 0.01))["mask_stable"] is False
     with pytest.raises(ValueError, match="masks='yes'"):
         convergence.assess(configs(), masks="yes")
 

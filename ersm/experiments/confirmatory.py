@@ -12,9 +12,10 @@ against dense with the two controls the method does not win by construction (``B
 Intervals are those of rules v2 at the adjusted level: the seed-level t-interval of the
 paired difference (claim 01 and the adaptivity rows of 02) or the hull of the two-level
 bootstrap and that t-interval (every image-level row). Orientation: a positive difference
-favours ERSM paper. ``converged=False`` (a family the row reads did not converge under rules v3,
-``ersm.convergence.assess(..., masks=True)``) turns every row and the overall verdict into
-``INCONCLUSIVE (not converged)``, numbers kept.
+favours ERSM paper. ``converged`` says which families converged under rules v3
+(``ersm.convergence.assess(..., masks=True)``): ``True``/``False`` for all, or a dict family ->
+bool. A row that reads a family that did not converge becomes ``INCONCLUSIVE (not converged)``,
+numbers kept; the overall verdict is then computed from the rows as they stand (``_result``).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from ersm.checks import check_count
 from ersm.experiments.common import CONTROLS, DENSE, PAPER
 from ersm.experiments.controls import BUILT_IN, REGULARISER, VS_DENSE
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval, seed_t_interval
-from ersm.verdicts import (INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, Claim, check_n_boot, non_inferiority, overall_verdict,
-                           superiority)
+from ersm.verdicts import (INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, SUPPORTED, Claim, check_n_boot, non_inferiority,
+                           overall_verdict, superiority)
 
 CONTROL = CONTROLS[PAPER]
 FAMILY_ALPHA = 0.05  # two-sided, per claim and backbone
@@ -58,12 +59,31 @@ class PrimaryVerdict:
         return "\n".join(out + [f"{self.claim}, overall (rules v3): {self.overall}"])
 
 
-def _result(claim: str, rows: list[tuple[str, Claim]], converged: bool) -> PrimaryVerdict:
-    if not isinstance(converged, bool):
-        raise ValueError(f"converged={converged!r} must be True or False")
-    claims = [row if converged else dataclasses.replace(row, verdict=NOT_CONVERGED) for _, row in rows]
-    overall = overall_verdict(c.verdict for c in claims) if converged else NOT_CONVERGED
-    return PrimaryVerdict(claim, claims, [q for q, _ in rows], overall)
+def _result(claim: str, rows: list[tuple[str, Claim, tuple[str, ...]]], converged) -> PrimaryVerdict:
+    """Gate each row by the families it reads (rules v3: every verdict that reads a family that
+    did not converge is INCONCLUSIVE (not converged), numbers kept), then the overall verdict:
+    NOT SUPPORTED if a row that stands is; SUPPORTED if every row is; else INCONCLUSIVE, or
+    INCONCLUSIVE (not converged) when a gated row is what keeps it from SUPPORTED."""
+    status = _convergence(converged, {family for _, _, families in rows for family in families})
+    claims = [row if all(status[f] for f in families) else dataclasses.replace(row, verdict=NOT_CONVERGED)
+              for _, row, families in rows]
+    verdicts = [c.verdict for c in claims]
+    overall = overall_verdict(verdicts)
+    if overall == INCONCLUSIVE and NOT_CONVERGED in verdicts and all(v in (SUPPORTED, NOT_CONVERGED) for v in verdicts):
+        overall = NOT_CONVERGED
+    return PrimaryVerdict(claim, claims, [q for q, _, _ in rows], overall)
+
+
+def _convergence(converged, families: set[str]) -> dict[str, bool]:
+    """``converged``: True or False for every family, or a mapping family -> bool naming each one read."""
+    if isinstance(converged, bool):
+        return {family: converged for family in families}
+    if not isinstance(converged, dict) or not all(isinstance(v, bool) for v in converged.values()):
+        raise ValueError(f"converged={converged!r} must be True, False or a dict family -> bool")
+    missing = sorted(families - set(converged))
+    if missing:
+        raise ValueError(f"converged has no entry for {missing}; the rows read {sorted(families)}")
+    return {family: converged[family] for family in families}
 
 
 def _rule(m: int, what: str, interval: str) -> str:
@@ -95,7 +115,7 @@ def accuracy(frame: pd.DataFrame, margin: float = 1.0, converged: bool = True) -
             claim=f"accuracy is preserved ({PAPER} vs {baseline})", metric="test accuracy (%), mean over seeds",
             baseline_name=baseline, baseline=float(pair[baseline].mean()), ersm=float(pair[PAPER].mean()),
             difference=diff, lo=lo, hi=hi, rule=_rule(m, f"non-inferiority at {margin:g} points", SEED_T),
-            verdict=non_inferiority(lo, hi, margin))))
+            verdict=non_inferiority(lo, hi, margin)), (PAPER, baseline)))
     return _result("01 accuracy", rows, converged)
 
 
@@ -119,7 +139,7 @@ def sparsity(per_image: dict, frame: pd.DataFrame, magnitude: pd.DataFrame, n_bo
         difference=diff, lo=lo, hi=hi,
         rule=_rule(m, "superiority; NOT SUPPORTED if the paper mask is degenerate in any seed"
                       + (f" (it is in seeds {degenerate})" if degenerate else " (it is in none)"), HULL),
-        verdict=NOT_SUPPORTED if degenerate else superiority(lo, hi)))]
+        verdict=NOT_SUPPORTED if degenerate else superiority(lo, hi)), (PAPER, CONTROL))]
     labels = list(pd.unique(magnitude["model"]))
     if len(labels) != 1:
         raise ValueError(f"magnitude holds the models {labels}; it must hold one (the dense baseline)")
@@ -134,7 +154,8 @@ def sparsity(per_image: dict, frame: pd.DataFrame, magnitude: pd.DataFrame, n_bo
             claim=f"sparsity adapts to the input ({PAPER} vs {baseline})",
             metric="across-image CV of the kept mass k, per seed, mean over seeds",
             baseline_name=baseline, baseline=float(pair[baseline].mean()), ersm=float(pair[PAPER].mean()),
-            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", SEED_T), verdict=superiority(lo, hi))))
+            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", SEED_T), verdict=superiority(lo, hi)),
+            (PAPER, CONTROL if baseline == CONTROL else DENSE)))
     return _result("02 sparsity", rows, converged)
 
 
@@ -155,7 +176,8 @@ def occlusion(correct: dict, fractions: list[float], shares: list[float], n_boot
             nan = float("nan")
             rows.append((question, Claim(claim=claim, metric="retained accuracy: no share qualifies on validation",
                                          baseline_name=baseline, baseline=nan, ersm=nan, difference=nan, lo=nan, hi=nan,
-                                         rule=f"{RULES}: INCONCLUSIVE (no headroom on validation)", verdict=INCONCLUSIVE)))
+                                         rule=f"{RULES}: INCONCLUSIVE (no headroom on validation)", verdict=INCONCLUSIVE),
+                         (PAPER, baseline)))
             continue
         a, b = _retained_arms(correct, fractions, (PAPER, baseline), *SQUARE_ZERO, shares)
         diff, lo, hi = _hull(a, b, n_boot, m, retained_accuracy)
@@ -163,7 +185,8 @@ def occlusion(correct: dict, fractions: list[float], shares: list[float], n_boot
             claim=claim, metric=f"retained accuracy (% of clean), square patches, zero fill, at {share_text(shares)} "
                                 f"occluded (the shares where dense keeps 10 points above chance on validation)",
             baseline_name=baseline, baseline=float(retained_accuracy(*b)), ersm=float(retained_accuracy(*a)),
-            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi))))
+            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi)),
+            (PAPER, baseline)))
     return _result("03a occlusion", rows, converged)
 
 
@@ -181,14 +204,16 @@ def background(gaps: dict | None, n_boot: int, converged: bool = True) -> Primar
             nan = float("nan")
             rows.append((question, Claim(claim=claim, metric="background gap: no rho qualifies on validation",
                                          baseline_name=baseline, baseline=nan, ersm=nan, difference=nan, lo=nan, hi=nan,
-                                         rule=f"{RULES}: INCONCLUSIVE (saturated)", verdict=INCONCLUSIVE)))
+                                         rule=f"{RULES}: INCONCLUSIVE (saturated)", verdict=INCONCLUSIVE),
+                         (PAPER, baseline)))
             continue
         base, paper = (np.asarray(gaps[name], dtype=np.float64) for name in (baseline, PAPER))
         diff, lo, hi = _hull(base, paper, n_boot, m)
         rows.append((question, Claim(
             claim=claim, metric="background gap, aligned - swapped test accuracy (points); difference gap(baseline) - gap(ERSM)",
             baseline_name=baseline, baseline=float(mean_of_seed_means(base)), ersm=float(mean_of_seed_means(paper)),
-            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority (a smaller gap)", HULL), verdict=superiority(lo, hi))))
+            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority (a smaller gap)", HULL), verdict=superiority(lo, hi)),
+            (PAPER, baseline)))
     return _result("03b background", rows, converged)
 
 
@@ -210,20 +235,20 @@ def deletion(per_seed: dict[str, list[dict]], n_boot: int, converged: bool = Tru
     energy, post = stack(PAPER, FEATURE_LERF, ENERGY), stack(PAPER, FEATURE_LERF, MASKED_MAGNITUDE)
     comparisons = (
         (BUILT_IN, "energy ranking beats the post-mask magnitude (feature-space LeRF)", "post-mask magnitude ranking",
-         energy, post),
+         energy, post, (PAPER,)),
         (BUILT_IN, "energy ranking beats the magnitude ranking in input space (LeRF, zero fill)", "magnitude ranking",
-         stack(PAPER, input_lerf, ENERGY), stack(PAPER, input_lerf, MAGNITUDE)),
+         stack(PAPER, input_lerf, ENERGY), stack(PAPER, input_lerf, MAGNITUDE), (PAPER,)),
         (REGULARISER, "the energy ranking's lead over the post-mask magnitude beats that of beta=0",
          f"{CONTROL}: energy - post-mask magnitude", energy - post,
-         stack(CONTROL, FEATURE_LERF, ENERGY) - stack(CONTROL, FEATURE_LERF, MASKED_MAGNITUDE)),
+         stack(CONTROL, FEATURE_LERF, ENERGY) - stack(CONTROL, FEATURE_LERF, MASKED_MAGNITUDE), (PAPER, CONTROL)),
     )
     rows = []
-    for question, text, baseline, a, b in comparisons:
+    for question, text, baseline, a, b, read in comparisons:
         diff, lo, hi = _hull(a, b, n_boot, m)
         rows.append((question, Claim(
             claim=f"{text} ({PAPER})", metric="area under the LeRF curve (probability of the predicted class)",
             baseline_name=baseline, baseline=float(mean_of_seed_means(b)), ersm=float(mean_of_seed_means(a)),
-            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi))))
+            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi)), read))
     return _result("04 deletion", rows, converged)
 
 
@@ -246,5 +271,6 @@ def mask_quality(scores: dict[str, dict[str, np.ndarray]], n_boot: int, converge
             claim=f"masks isolate the object ({PAPER} mask vs {baseline})",
             metric=f"per-pixel AUROC against the digit mask ({int(keep.sum())} of {keep.size} images)",
             baseline_name=baseline, baseline=float(mean_of_seed_means(b)), ersm=float(mean_of_seed_means(a)),
-            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi))))
+            difference=diff, lo=lo, hi=hi, rule=_rule(m, "superiority", HULL), verdict=superiority(lo, hi)),
+            (PAPER, CONTROL if baseline == f"{CONTROL} mask" else DENSE)))
     return _result("05 mask quality", rows, converged)

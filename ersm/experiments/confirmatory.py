@@ -94,6 +94,13 @@ def _hull(a, b, n_boot: int, m: int, statistic=mean_of_seed_means) -> tuple[floa
     return paired_rule_v2_interval(a, b, statistic, n_boot=n_boot, seed=0, level=level(m))
 
 
+def _without_headroom(claim: str, baseline: str, metric: str, why: str) -> Claim:
+    """A row that rules v3 leaves INCONCLUSIVE before any number: dense has no headroom on validation."""
+    nan = float("nan")
+    return Claim(claim=claim, metric=metric, baseline_name=baseline, baseline=nan, ersm=nan, difference=nan, lo=nan, hi=nan,
+                 rule=f"{RULES}: INCONCLUSIVE ({why})", verdict=INCONCLUSIVE)
+
+
 HULL = "hull of the paired two-level bootstrap (shared image draws) and the seed-level t-interval"
 SEED_T = "Student-t interval over seeds of the paired per-seed difference"
 
@@ -173,11 +180,8 @@ def occlusion(correct: dict, fractions: list[float], shares: list[float], n_boot
     for question, baseline in ((VS_DENSE, DENSE), (REGULARISER, CONTROL)):
         claim = f"occlusion robustness ({PAPER} vs {baseline})"
         if not shares:
-            nan = float("nan")
-            rows.append((question, Claim(claim=claim, metric="retained accuracy: no share qualifies on validation",
-                                         baseline_name=baseline, baseline=nan, ersm=nan, difference=nan, lo=nan, hi=nan,
-                                         rule=f"{RULES}: INCONCLUSIVE (no headroom on validation)", verdict=INCONCLUSIVE),
-                         (PAPER, baseline)))
+            rows.append((question, _without_headroom(claim, baseline, "retained accuracy: no share qualifies on validation",
+                                                     "no headroom on validation"), (PAPER, baseline)))
             continue
         a, b = _retained_arms(correct, fractions, (PAPER, baseline), *SQUARE_ZERO, shares)
         diff, lo, hi = _hull(a, b, n_boot, m, retained_accuracy)
@@ -201,11 +205,8 @@ def background(gaps: dict | None, n_boot: int, converged: bool = True) -> Primar
     for question, baseline in ((VS_DENSE, DENSE), (REGULARISER, CONTROL)):
         claim = f"less background reliance ({PAPER} vs {baseline})"
         if gaps is None:
-            nan = float("nan")
-            rows.append((question, Claim(claim=claim, metric="background gap: no rho qualifies on validation",
-                                         baseline_name=baseline, baseline=nan, ersm=nan, difference=nan, lo=nan, hi=nan,
-                                         rule=f"{RULES}: INCONCLUSIVE (saturated)", verdict=INCONCLUSIVE),
-                         (PAPER, baseline)))
+            rows.append((question, _without_headroom(claim, baseline, "background gap: no rho qualifies on validation",
+                                                     "saturated"), (PAPER, baseline)))
             continue
         base, paper = (np.asarray(gaps[name], dtype=np.float64) for name in (baseline, PAPER))
         diff, lo, hi = _hull(base, paper, n_boot, m)

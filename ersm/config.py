@@ -49,6 +49,8 @@ CACHE_VERSION = 4  # bump when training code changes what a config produces (2: 
                    # 4: the validation split took 15% of the training digits, val_accuracy recorded per epoch)
 ERSM_ONLY_FIELDS = ("insert_after", "proj_dim", "lambda_unary", "lambda_pair", "neighbourhood", "beta", "iterations")
 DIGITS_ONLY_FIELDS = ("canvas", "clutter", "background_label_correlation")
+
+
 class _Specs(Mapping):
     """``DATASETS[name]``: the spec of a dataset, read from its registry entry when asked (so an
     entry added to ``ersm.data.registry.REGISTRY`` is a dataset here too)."""

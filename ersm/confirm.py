@@ -100,16 +100,17 @@ def phases(profile: str, accuracy_of=None) -> Iterator[tuple[str, list[TrainConf
     check_not_opened(profile)    # and trains nothing once its test split was read
     params = _params(profile)
     base, trials, backbone = base_of(profile), params["TUNING_TRIALS"], params["BACKBONE"]
+    exploratory = backbone == "small_cnn"  # the SmallCNN reads the exploratory trials and never retrains them
     dense_trials = tuning.trial_configs(base, "dense", trials)
-    if backbone == "small_cnn":  # the exploratory selections: read its trials, never retrain them
+    if exploratory:
         _require_cached(profile, dense_trials)
-        recipe = tuning.tune(base, trials, families=())[0]
-        _require_cached(profile, [c for runs in tuning.trials_by_family(base, trials, recipe, TUNED[backbone]).values()
-                                  for c in runs])
     yield "dense trials", dense_trials
-    dense_selected = tuning.tune(base, trials, families=())[0]
-    yield "ERSM trials", [c for name, runs in tuning.trials_by_family(base, trials, dense_selected, TUNED[backbone]).items()
-                          if name != "dense trials" for c in runs]
+    recipe = tuning.tune(base, trials, families=())[0]
+    ersm_trials = [c for name, runs in tuning.trials_by_family(base, trials, recipe, TUNED[backbone]).items()
+                   if name != "dense trials" for c in runs]
+    if exploratory:
+        _require_cached(profile, ersm_trials)
+    yield "ERSM trials", ersm_trials
     selected = selections(profile)
     finals = families(profile, selected)
     yield "final models", [c for runs in finals.values() for c in runs]

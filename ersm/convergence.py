@@ -190,13 +190,13 @@ def detectable_change(discordant: int, n: int, alpha: float = STABILITY_ALPHA) -
 def kept_mass_and_mean_mask(config: TrainConfig) -> tuple[float, float]:
     """``(kept mass, mean mask)`` of the trained model of ``config`` on its validation images:
     the mean over images of ``mean_i m_i / max_j m_j``, and of ``mean_i m_i`` (trains if needed)."""
+    from ersm.experiments.sparsity import kept_mass
     from ersm.inference import predict
     from ersm.train import get_model, validation_data
 
     images, _, _ = validation_data(config)
-    mask = predict(get_model(config), images).mask.flatten(1).double().cpu()   # [N, h*w]
-    kept = mask.mean(1) / mask.amax(1).clamp_min(1e-12)
-    return float(kept.mean()), float(mask.mean())
+    mask = predict(get_model(config), images).mask.cpu()   # [N, 1, h, w]
+    return float(kept_mass(mask).mean()), float(mask.double().mean())
 
 
 def mask_stability(normal: tuple[float, float], longer: tuple[float, float]) -> dict:

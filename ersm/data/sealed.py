@@ -54,10 +54,7 @@ def is_open() -> bool:
 def check_seed_readable(split: str, seed: int) -> None:
     """Raise :class:`SealedTestSplit` if a ``split="test"`` composed with ``seed`` is sealed and not open."""
     if split == "test" and seed in SEALED_TEST_SEEDS and not is_open():
-        raise SealedTestSplit(
-            f"split='test' with seed {seed} is the confirm run's sealed test split (rules v3): no training, tuning or "
-            f"convergence code may compose it. Only the claim notebooks open it, under a confirm profile, with "
-            f"ersm.data.sealed.open_test_split(...), after every model of the run is trained")
+        raise SealedTestSplit(_refusal(f"seed {seed}"))
 
 
 def ledger(profile: str):
@@ -78,10 +75,13 @@ def check_not_opened(profile: str) -> None:
 def check_readable(config, split: str) -> None:
     """Raise :class:`SealedTestSplit` if ``split`` of ``config`` is the sealed test split and it is not open."""
     if split == "test" and is_sealed(config) and not is_open():
-        raise SealedTestSplit(
-            f"split='test' with test_seed={config.test_seed} is the confirm run's sealed test split (rules v3): no "
-            f"training, tuning or convergence code may read it. Only the claim notebooks open it, under a confirm "
-            f"profile, with ersm.data.sealed.open_test_split(...), after every model of the run is trained")
+        raise SealedTestSplit(_refusal(f"test_seed={config.test_seed}"))
+
+
+def _refusal(composed_with: str) -> str:
+    return (f"split='test' with {composed_with} is the confirm run's sealed test split (rules v3): no training, tuning or "
+            f"convergence code may read it. Only the claim notebooks open it, under a confirm profile, with "
+            f"ersm.data.sealed.open_test_split(...), after every model of the run is trained")
 
 
 def check_may_train(config) -> None:

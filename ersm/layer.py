@@ -93,7 +93,7 @@ on CUDA and other devices; ``True`` checks everywhere (on CUDA one host sync per
 nowhere. Under ``torch.compile`` it is always skipped (``torch.compiler.is_compiling()``): a
 data-dependent ``raise`` breaks the graph, and ``fullgraph=True`` refuses that. Where the check is
 skipped, non-finite features give a non-finite loss, which the training loop's own check stops
-(``ersm.train``: ``FloatingPointError`` naming epoch and step).
+(``ersm.training.cache``: ``FloatingPointError`` naming epoch and step).
 """
 from __future__ import annotations
 

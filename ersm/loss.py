@@ -15,7 +15,7 @@ Where the terms come from (the layer's contract, ``ersm.layer``'s docstring):
 
 - ``regularization_loss(model)`` reads ``layer.terms``, the layer's *last* forward, so call it
   right after the forward pass whose loss you are computing. Single-process code only (the
-  notebooks and ``ersm.train`` use it); it refuses a ``DataParallel`` over several devices,
+  notebooks and ``ersm.training.cache`` use it); it refuses a ``DataParallel`` over several devices,
   whose replicas never hand their terms back to the wrapped layers.
 - ``regularization_loss(collected)``, with ``collected`` from ``ersm.collect_terms(model)``,
   covers every forward inside the ``with`` block, of every replica::

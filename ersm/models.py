@@ -12,7 +12,7 @@ initialisation for the same seed (the layer's parameters are created after the b
   = 20 weighted layers at n = 3, about 0.27 M parameters. Deviation from that paper: where a
   stage halves the resolution, the shortcut is a 1x1 strided convolution with BatchNorm (its
   option B, torchvision's ``BasicBlock`` downsample), not the zero-padded identity (option A).
-  The blocks are torchvision's ``BasicBlock``, so ``ersm.sparse_exec`` runs them. ``layer2``
+  The blocks are torchvision's ``BasicBlock``, so ``ersm.compute.sparse_exec`` runs them. ``layer2``
   ends at 1/2 resolution (a 24x24 token grid on a 48x48 canvas); ``layer3`` is the last stage
   (there is no ``layer4``).
 - ``resnet18_cifar``: torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no

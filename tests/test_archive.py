@@ -1,4 +1,4 @@
-"""Exporting finished models out of the cache and importing them back (ersm/archive.py).
+"""Exporting finished models out of the cache and importing them back (ersm/study/archive.py).
 
 Tiny configs (96 images, 2 epochs) train into a temporary ``ERSM_HOME``; the exported folder and
 a second cache are temporary folders too.
@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-import ersm.engine
-import ersm.train
-from ersm.archive import MACHINES, export_models, import_models
-from ersm.checkpoint import MANIFEST, PAYLOAD, load_checkpoint, save_checkpoint
-from ersm.config import TrainConfig
+import ersm.training.engine
+import ersm.training.cache
+from ersm.study.archive import MACHINES, export_models, import_models
+from ersm.training.checkpoint import MANIFEST, PAYLOAD, load_checkpoint, save_checkpoint
+from ersm.training.config import TrainConfig
 from ersm.paths import cache_dir
 
 TINY = TrainConfig(model="paper", n_train=96, n_test=64, n_val=64, epochs=2, batch_size=32, canvas=48)
@@ -33,7 +33,7 @@ def home(tmp_path, monkeypatch):
 def trained():
     """Two finished models in the cache."""
     configs = [TINY, TINY.replace(seed=1)]
-    models = [ersm.train.get_model(config) for config in configs]
+    models = [ersm.training.cache.get_model(config) for config in configs]
     return configs, models
 
 
@@ -42,20 +42,20 @@ def test_export_then_import_into_an_empty_cache_serves_the_same_models_without_t
     exported = export_models(tmp_path / "models")
     assert sorted(exported.copied) == sorted(c.digest() for c in configs) and not exported.refused
     monkeypatch.setenv("ERSM_HOME", str(tmp_path / "new machine"))
-    assert not ersm.train.is_cached(configs[0])
+    assert not ersm.training.cache.is_cached(configs[0])
     imported = import_models(tmp_path / "models")
     assert sorted(imported.copied) == sorted(exported.copied)
 
     def no_training(*args, **kwargs):
         raise AssertionError("an imported model was trained again")
 
-    monkeypatch.setattr(ersm.engine, "train_one_epoch", no_training)
+    monkeypatch.setattr(ersm.training.engine, "train_one_epoch", no_training)
     for config, model in zip(configs, models):
-        loaded = ersm.train.get_model(config)
+        loaded = ersm.training.cache.get_model(config)
         for key, value in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key
-        assert ersm.train.training_history(config) == load_checkpoint(tmp_path / "models" / config.digest())["history"]
-        assert ersm.train.training_sessions(config), "the record of which machine trained it travels with it"
+        assert ersm.training.cache.training_history(config) == load_checkpoint(tmp_path / "models" / config.digest())["history"]
+        assert ersm.training.cache.training_sessions(config), "the record of which machine trained it travels with it"
 
 
 def test_export_drops_only_the_resume_state(trained, tmp_path):
@@ -72,7 +72,7 @@ def test_export_drops_only_the_resume_state(trained, tmp_path):
 def test_export_skips_a_model_still_training_and_is_idempotent(trained, tmp_path):
     configs, _ = trained
     unfinished = TINY.replace(seed=2, epochs=3)
-    ersm.train.train(unfinished, cache_dir() / unfinished.digest(), stop_after_epoch=1)
+    ersm.training.cache.train(unfinished, cache_dir() / unfinished.digest(), stop_after_epoch=1)
     first = export_models(tmp_path / "models")
     assert first.unfinished == [unfinished.digest()]
     assert not (tmp_path / "models" / unfinished.digest()).exists()
@@ -136,7 +136,7 @@ def test_the_command_line_round_trip(trained, tmp_path, home):
     shutil.rmtree(cache_dir())
     out = subprocess.run([sys.executable, "-m", "ersm", "models", "import", str(tmp_path / "models")], env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert "2 copied" in out and ersm.train.is_cached(TINY)
+    assert "2 copied" in out and ersm.training.cache.is_cached(TINY)
     failed = subprocess.run([sys.executable, "-m", "ersm", "models", "import", str(tmp_path / "nowhere")], env=env,
                             capture_output=True, text=True)
     assert failed.returncode == 2 and "nowhere" in failed.stderr

@@ -21,16 +21,16 @@ from scipy import stats
 from torch import nn
 
 import ersm
-from ersm import plan
+from ersm.study.setup import base_of
 from ersm.experiments import accuracy, common, sparsity
 from ersm.experiments.common import DENSE
-from ersm.inference import predict
+from ersm.training.inference import predict
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
 from ersm.metrics.stats import coefficient_of_variation
-from ersm.profiles import parameters
-from ersm.results import json_safe
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, overall_verdict
+from ersm.study.profiles import parameters
+from ersm.study.results import json_safe
+from ersm.study.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, overall_verdict
 from helpers.bad_input import refusal_test
 
 ERSM_NAME, CONTROL, MAGNITUDE = "ERSM x", "ERSM x, beta=0", "dense (relative magnitude)"
@@ -121,7 +121,7 @@ def test_power_table_past_the_seed_limit_and_as_json():
 
 
 def test_claim_families_add_the_power_analysis_seeds_to_the_compared_families_only():
-    base = plan.base_of(parameters("01_training", "ci"))
+    base = base_of(parameters("01_training", "ci"))
     families = accuracy.claim_families(base, [0, 1], [0, 1, 5])
     assert list(families) == list(common.ALL_MODELS)
     for name, runs in families.items():
@@ -147,7 +147,7 @@ def test_seed_counts_name_the_added_seeds_only_when_there_are_some():
     ([0, True], [0, 1], r"seeds=\[0, True\] must be a non-empty list of integer seeds"),
 ])
 def test_claim_families_refuse_bad_seeds_by_name(seeds, accuracy_seeds, message):
-    base = plan.base_of(parameters("01_training", "ci"))
+    base = base_of(parameters("01_training", "ci"))
     with pytest.raises(ValueError, match=message):
         accuracy.claim_families(base, seeds, accuracy_seeds)
 
@@ -622,7 +622,7 @@ def test_the_good_inputs_behind_the_bad_ones_give_verdicts():
 
 
 def test_sweep_is_one_factor_from_the_paper_default_at_the_shared_recipe():
-    from ersm.config import TrainConfig
+    from ersm.training.config import TrainConfig
 
     base = TrainConfig(n_train=96, n_val=64, n_test=64, epochs=2)
     recipe = {"lr": 0.004, "weight_decay": 0.002}
@@ -656,6 +656,6 @@ def test_correct_is_per_image_and_accuracy_is_its_mean():
     images = torch.zeros(4, 1, 2, 3)
     images[[0, 1, 2, 3], 0, 0, [2, 0, 1, 2]] = 1.0       # predicted classes 2, 0, 1, 2
     labels = torch.tensor([2, 1, 1, 0])
-    right = ersm.inference.correct(_PixelLogits(), images, labels)
+    right = ersm.training.inference.correct(_PixelLogits(), images, labels)
     assert right.dtype == torch.bool and right.tolist() == [True, False, True, False]
-    assert ersm.inference.accuracy(_PixelLogits(), images, labels) == 0.5
+    assert ersm.training.inference.accuracy(_PixelLogits(), images, labels) == 0.5

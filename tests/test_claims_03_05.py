@@ -18,13 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from ersm import profiles
+from ersm.study import profiles
 from ersm.experiments import common, deletion, mask_quality, occlusion
 from ersm.experiments.common import CUTOUT, DENSE
 from ersm.experiments.rankings import ENERGY, GRADCAM, MAGNITUDE, MASK, MASKED_MAGNITUDE
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.stats import paired_bootstrap
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, claims_markdown, superiority
+from ersm.study.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, claims_markdown, superiority
 from helpers.bad_input import refusal_test
 
 N_BOOT = 400

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ersm.data
-import ersm.train
-from ersm import confirm, plan, profiles, rules
-from ersm.config import TrainConfig
+import ersm.training.cache
+from ersm.study import confirm, plan, profiles, rules
+from ersm.training.config import TrainConfig
 from ersm.data import sealed
 from ersm.data.sealed import CONFIRM_TEST_SEED, SealedTestSplit
 from ersm.data.splits import _digits
@@ -37,7 +37,6 @@ ROADS = {
     "load_split swapped": lambda c: ersm.data.load_split(c, "test", "swapped"),
     "evaluation_set": lambda c: ersm.data.evaluation_set(c, "test"),
     "split_metadata": lambda c: ersm.data.split_metadata(c, "test"),
-    "train.test_data": lambda c: ersm.train.test_data(c),
 }
 
 
@@ -109,7 +108,7 @@ def test_once_open_the_split_is_new_images_of_the_same_digits(trained_study):
 def test_nothing_trains_once_the_split_is_open(trained_study):
     sealed.open_test_split("confirm_resnet20", "03_occlusion_robustness")
     with pytest.raises(SealedTestSplit, match="ersm warm --profile confirm_resnet20"):
-        ersm.train.get_model(SEALED)
+        ersm.training.cache.get_model(SEALED)
     # and in any later process: the ledger says the split was opened, and warm refuses the study
     import json
     lines = sealed.ledger("confirm_resnet20").read_text().splitlines()
@@ -189,8 +188,8 @@ def test_configs_written_before_test_seed_keep_their_files_and_verify(tmp_path):
     """A committed exploratory model (its config.json has no test_seed) still verifies and imports."""
     import json
     from pathlib import Path
-    from ersm.archive import _verify
-    from ersm.config import from_dict
+    from ersm.study.archive import _verify
+    from ersm.training.config import from_dict
 
     entry = sorted(p for p in (Path(__file__).resolve().parents[1] / "models" / "full").iterdir() if p.is_dir())[0]
     written = json.loads((entry / "config.json").read_text())
@@ -202,22 +201,22 @@ def test_configs_written_before_test_seed_keep_their_files_and_verify(tmp_path):
 def test_the_small_cnn_study_reads_the_exploratory_trials_and_trains_from_their_selection(tiny_study, monkeypatch):
     """With the trials in the cache (as `ersm models import models/full` leaves them), the study
     trains no trial again, and its final models carry the selected settings at seeds 10-11."""
-    from ersm import tuning
+    from ersm.study import tuning
     monkeypatch.setattr(confirm, "validation_swapped_accuracy", lambda config: 25.0)
     base, trials = confirm.base_of("confirm_small_cnn"), profiles.CONFIRM["confirm_small_cnn"]["TUNING_TRIALS"]
     dense = tuning.trial_configs(base, "dense", trials)
     for config in dense:
-        ersm.train.get_model(config)
+        ersm.training.cache.get_model(config)
     recipe = tuning.tune(base, trials, families=())[0]
     for runs in tuning.trials_by_family(base, trials, recipe, confirm.TUNED["small_cnn"]).values():
         for config in runs:
-            ersm.train.get_model(config)
+            ersm.training.cache.get_model(config)
     phases = {}
     for name, configs in confirm.phases("confirm_small_cnn"):
         phases[name] = configs
         if name == "final models":
             break   # the later phases would train these
-    assert all(ersm.train.is_cached(c) for c in phases["dense trials"] + phases["ERSM trials"])
+    assert all(ersm.training.cache.is_cached(c) for c in phases["dense trials"] + phases["ERSM trials"])
     selected = confirm.selections("confirm_small_cnn")
     finals = phases["final models"]
     assert {c.seed for c in finals} == {10, 11} and len(finals) == 2 * len(confirm.PRIMARY + confirm.SECONDARY["small_cnn"])

@@ -18,7 +18,7 @@ from ersm.experiments.deletion import PRIMARY as FEATURE_LERF
 from ersm.experiments.rankings import ENERGY, MAGNITUDE, MASKED_MAGNITUDE
 from ersm.metrics.hierarchical import paired_rule_v2_interval
 from ersm.metrics.stats import mean_ci
-from ersm.verdicts import INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, SUPPORTED
+from ersm.study.verdicts import INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, SUPPORTED
 
 CONTROL = CONTROLS[PAPER]
 SEEDS = list(range(10, 19))

@@ -15,7 +15,7 @@ from torch import nn
 
 import ersm
 from ersm import EnergyMask, collect_terms, regularization_loss
-from ersm.inference import predict
+from ersm.training.inference import predict
 from ersm.layer import EnergyTerms
 
 NAN_MESSAGE = "x contains non-finite values (NaN or inf) or overflows float32; the energy is undefined there"

@@ -6,7 +6,7 @@ import pytest
 from ersm.experiments import controls, deletion
 from ersm.experiments.common import DENSE, PAPER
 from ersm.experiments.rankings import MAGNITUDE, MASK, MASKED_MAGNITUDE
-from ersm.verdicts import Claim
+from ersm.study.verdicts import Claim
 
 CONTROL = controls.PAPER_CONTROL
 

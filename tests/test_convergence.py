@@ -1,4 +1,4 @@
-"""The convergence rule (ersm.convergence) on synthetic histories with a known outcome."""
+"""The convergence rule (ersm.study.convergence) on synthetic histories with a known outcome."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ersm import convergence
-from ersm.config import TrainConfig
-from ersm.verdicts import NOT_CONVERGED, SUPPORTED, Claim
+from ersm.study import convergence
+from ersm.training.config import TrainConfig
+from ersm.study.verdicts import NOT_CONVERGED, SUPPORTED, Claim
 
 BASE = TrainConfig(model="paper", epochs=4)
 

@@ -1,8 +1,8 @@
 """The CUDA path of training (issue 32): AMP in training, evaluation on the training device, a
 GPU-trained model served from the cache only where GPU results are expected, and the GPU check's
-own training unit (``ersm.gpu_check.train_unit``) scoring the validation split, never the test split.
+own training unit (``ersm.portability.gpu_check.train_unit``) scoring the validation split, never the test split.
 
-Skipped without CUDA; ``make gpu-check`` (ersm/gpu_check.py) runs every test so marked and
+Skipped without CUDA; ``make gpu-check`` (ersm/portability/gpu_check.py) runs every test so marked and
 requires each to pass. Tiny configs, a few seconds on a GPU."""
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 import ersm
 import ersm.data.digits
 import ersm.data.splits as splits
-import ersm.train
-from ersm import gpu_check
-from ersm.config import TrainConfig
-from ersm.engine import fit
+import ersm.training.cache
+from ersm.portability import gpu_check
+from ersm.training.config import TrainConfig
+from ersm.training.engine import fit
 from ersm.paths import cache_dir
-from ersm.train import get_model, is_cached
+from ersm.training.cache import get_model, is_cached
 from helpers.sealed import seal_test_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -75,7 +75,7 @@ def test_the_gpu_checks_training_unit_scores_the_validation_split_never_the_test
     assert refused == [], refused
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result["validation_accuracy"] == 100 * history[-1]["val_accuracy"] and "test_accuracy" not in history[-1]
-    images, labels, _ = ersm.train.validation_data(config)
+    images, labels, _ = ersm.data.load_split(config, "validation")
     assert result["validation_split"] == gpu_check.split_fingerprint(images, labels)
     assert result["device"] == torch.cuda.get_device_name() and result["peak_memory_mib"] > 0
     with pytest.raises(AssertionError, match="asked for the test split"):  # the guard is live

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 import ersm.data
 import ersm.data.splits as splits
-import ersm.train
-from ersm.config import DATASETS, TrainConfig
+import ersm.training.cache
+from ersm.training.config import DATASETS, TrainConfig
 from ersm.data.registry import REGISTRY, DatasetEntry, DatasetSpec, entry
 
 
@@ -53,7 +53,7 @@ def test_one_entry_makes_a_dataset_everywhere(toy):
     images, labels, masks = ersm.data.load_split(toy, "validation")
     assert images.shape == (8, 1, 16, 16) and masks.dtype == torch.bool and set(labels.tolist()) <= {0, 1, 2}
     assert ersm.data.load_split(toy, "test")[0].shape == (12, 1, 16, 16)
-    model = ersm.train.get_model(toy.replace(model="paper", proj_dim=4))
+    model = ersm.training.cache.get_model(toy.replace(model="paper", proj_dim=4))
     assert model(images).shape == (8, 3)
 
 
@@ -81,7 +81,7 @@ def test_an_unknown_dataset_and_an_incomplete_entry_are_refused():
 
 
 def test_the_registry_is_a_leaf():
-    """It imports nothing from ersm at import time, so that ersm.config can import it."""
+    """It imports nothing from ersm at import time, so that ersm.training.config can import it."""
     import ast
     from pathlib import Path
     tree = ast.parse(Path(ersm.data.registry.__file__).read_text())

@@ -17,9 +17,9 @@ import pytest
 
 from ersm.data import capabilities, load_split
 from ersm.experiments import accuracy, common, mask_quality, occlusion
-from ersm.profiles import COMMON, PROFILE_NAMES, SPECIFIC, parameters, validate
-from ersm.plan import warm
-from ersm.reproduce import declared_parameters, reproduce
+from ersm.study.profiles import COMMON, PROFILE_NAMES, SPECIFIC, parameters, validate
+from ersm.study.plan import warm
+from ersm.study.reproduce import declared_parameters, reproduce
 from helpers.fixtures import write_cifar, write_pet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def test_warm_then_reproduce_cifar10_runs_all_five_notebooks_training_nothing_mo
     assert warm("cifar10", parameters_for=tiny_cifar10) > 0
     warmed = cache_state(cifar_home)
     claims = reproduce("cifar10", notebooks_dir=ROOT / "notebooks", parameters_for=tiny_cifar10)
-    assert cache_state(cifar_home) == warmed, "a notebook trained a model that ersm.plan does not list"
+    assert cache_state(cifar_home) == warmed, "a notebook trained a model that ersm.study.plan does not list"
     records = check_records(cifar_home, [p.stem for p in NOTEBOOKS])
     assert all(stem in claims.read_text() for stem in ("01_training", "03_occlusion_robustness", "04_deletion_vs_magnitude"))
     assert records["02_emergent_sparsity"]["claims"] and records["04_deletion_vs_magnitude"]["claims"]

@@ -1,4 +1,4 @@
-"""Issue 33: the device is resolved in one place (ersm/devices.py)."""
+"""Issue 33: the device is resolved in one place (ersm/training/devices.py)."""
 from __future__ import annotations
 
 import ast
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ersm import devices
-from ersm.config import TrainConfig
+from ersm.training import devices
+from ersm.training.config import TrainConfig
 
 PACKAGE = Path(devices.__file__).parent
 
@@ -50,4 +50,4 @@ def test_no_other_module_turns_a_device_name_into_a_device():
                     and getattr(node.func.value, "id", None) == "torch" and node.args
                     and isinstance(node.args[0], ast.Constant) and node.args[0].value in ("cuda", "cpu", "auto")):
                 offenders.append(f"{path.name}:{node.lineno}")
-    assert not offenders, f"device names resolved outside ersm/devices.py: {offenders}"
+    assert not offenders, f"device names resolved outside ersm/training/devices.py: {offenders}"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ersm.checkpoint import load_checkpoint
-from ersm.config import from_dict, parse_assignment
+from ersm.training.checkpoint import load_checkpoint
+from ersm.training.config import from_dict, parse_assignment
 from helpers.fixtures import write_cifar
 
 WORKER = Path(__file__).parent / "helpers" / "ddp_worker.py"
@@ -70,7 +70,7 @@ def test_workers_that_disagree_on_the_config_fail_at_start_up_naming_the_field(t
 
 
 def test_a_global_batch_is_dealt_out_like_distributed_sampler():
-    from ersm.distributed import shard
+    from ersm.training.distributed import shard
 
     batch = torch.tensor([7, 3, 9, 1, 4])
     shares = [shard(batch, rank, 2) for rank in range(2)]

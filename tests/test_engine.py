@@ -1,7 +1,7 @@
 """The training engine ``ersm.fit`` (any nn.Module, tensors or Datasets, resume, bad input) and the
 datasets a ``TrainConfig`` can name (CIFAR-10 and Oxford-IIIT Pet from tiny fixture files).
 
-``ersm.train`` runs on the same loop; tests/test_train.py covers the config-driven cache on top.
+``ersm.training.cache`` runs on the same loop; tests/test_train.py covers the config-driven cache on top.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from torchvision.models import resnet18
 
 import ersm
 import ersm.data.real
-import ersm.train
+import ersm.training.cache
 from ersm import fit, train_step
-from ersm.checkpoint import load_checkpoint
+from ersm.training.checkpoint import load_checkpoint
 from ersm.cli import main
-from ersm.config import TrainConfig
+from ersm.training.config import TrainConfig
 from ersm.data import load_split
 from ersm.paths import cache_dir
-from ersm.seeding import seed_everything
+from ersm.training.seeding import seed_everything
 from helpers.fixtures import write_cifar, write_pet
 
 
@@ -143,7 +143,7 @@ class _ListDataset(torch.utils.data.Dataset):
     (dict(model="resnet"), "model=str"),
 ])
 def test_bad_input_is_refused_by_name_before_any_work(change, words, monkeypatch):
-    monkeypatch.setattr(ersm.engine, "train_one_epoch", lambda *a: pytest.fail("trained despite bad input"))
+    monkeypatch.setattr(ersm.training.engine, "train_one_epoch", lambda *a: pytest.fail("trained despite bad input"))
     arguments = dict(model=small(), data=coloured(8), epochs=1, beta=1.0) | change
     with pytest.raises(ValueError, match=words):
         fit(arguments.pop("model"), arguments.pop("data"), **arguments)
@@ -167,7 +167,7 @@ def test_a_cifar10_config_trains_one_epoch_on_a_fixture_and_leaves_a_checkpoint(
     write_cifar(roots[1])
     images, labels, masks = load_split(CIFAR, "test")
     assert images.shape == (6, 3, 32, 32) and 0 <= images.min() <= images.max() <= 1 and masks.all()
-    model = ersm.train.get_model(CIFAR)
+    model = ersm.training.cache.get_model(CIFAR)
     assert [name for name, _ in model.named_children()][:2] == ["normalize", "stem"]
     assert model.stem[0].in_channels == 3 and model.head[-1].out_features == 10
     run_dir = cache_dir() / CIFAR.digest()
@@ -186,7 +186,7 @@ def test_an_oxford_pet_config_trains_an_imagenet_stem_resnet(roots):
     images, labels, masks = load_split(config, "test")
     assert images.shape == (2, 3, 224, 224) and masks.shape == (2, 1, 224, 224) and masks.dtype == torch.bool
     assert 0 < masks.float().mean() < 1  # the trimap's pet, centre-cropped like the image
-    model = ersm.train.get_model(config)
+    model = ersm.training.cache.get_model(config)
     assert model.head[-1].out_features == 37 and isinstance(model.stem[-1], nn.MaxPool2d)
     assert load_checkpoint(cache_dir() / config.digest())["epoch"] == 1
 
@@ -200,7 +200,7 @@ def test_real_splits_are_disjoint_seeded_subsets(roots):
     other = set(ersm.data.splits.split_indices(config.replace(data_seed=1), "validation", len(base)).tolist())
     assert other != val
     with pytest.raises(ValueError, match="n_train=30 and n_val=10 exceed the 30 images"):
-        ersm.train.train(config.replace(n_train=30))
+        ersm.training.cache.train(config.replace(n_train=30))
 
 
 def test_per_item_augmentation_is_seeded_by_seed_epoch_and_index(roots):
@@ -218,9 +218,9 @@ def test_per_item_augmentation_is_seeded_by_seed_epoch_and_index(roots):
 
 def test_missing_dataset_files_are_named_before_any_training(roots, monkeypatch, capsys):
     monkeypatch.setattr(ersm.data.real, "download_and_extract_archive", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    monkeypatch.setattr(ersm.engine, "train_one_epoch", lambda *a: pytest.fail("trained without data"))
+    monkeypatch.setattr(ersm.training.engine, "train_one_epoch", lambda *a: pytest.fail("trained without data"))
     with pytest.raises(ersm.data.DatasetNotAvailable, match="cifar-10-batches-py"):
-        ersm.train.get_model(CIFAR)
+        ersm.training.cache.get_model(CIFAR)
     assert main(["train", "--set", "dataset=cifar10", "--set", "epochs=1"]) == 2
     assert str(roots[1]) in capsys.readouterr().err
 

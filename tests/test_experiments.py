@@ -9,7 +9,7 @@ import torch
 
 from ersm.experiments import mask_quality, occlusion
 from ersm.experiments.common import paired_seed_difference
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, claims_markdown, non_inferiority, superiority, threshold
+from ersm.study.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, claims_markdown, non_inferiority, superiority, threshold
 
 
 @pytest.mark.parametrize("lo, hi, expected", [(0.1, 2.0, SUPPORTED), (-2.0, -0.1, NOT_SUPPORTED), (-1.0, 1.0, INCONCLUSIVE),

@@ -1,4 +1,4 @@
-"""The fingerprint trace (ersm/trace.py, issue 34): the traced run is the fingerprint run, a trace
+"""The fingerprint trace (ersm/portability/trace.py, issue 34): the traced run is the fingerprint run, a trace
 recorded twice here compares equal, a departure is found at exactly its record, a trace of
 another torch or config is refused before anything is compared, and the committed Intel trace
 is what it says. The runs here take 2 training steps instead of 30 (the config, which the trace
@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from ersm import fingerprint, trace
+from ersm.portability import fingerprint, trace
 from ersm.cli import main
 
 SHORT = fingerprint.FingerprintConfig(steps=2)

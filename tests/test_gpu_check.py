@@ -1,4 +1,4 @@
-"""The prepared GPU check (ersm/gpu_check.py, issue 32), on the CPU: the dry run, the no-GPU line, the
+"""The prepared GPU check (ersm/portability/gpu_check.py, issue 32), on the CPU: the dry run, the no-GPU line, the
 argument checks, the committed CPU models and their validation accuracies, the validation split's
 fingerprint, the accuracy comparison (against the mean over seeds), the scoring that never reads the
 test split, the budget's kill, the estimates and the README paragraph rendered from a synthetic
@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import ersm.config
+import ersm.training.config
 import ersm.data.digits
 import ersm.data.splits as splits
-import ersm.train
-from ersm import gpu_check
+import ersm.training.cache
+from ersm.portability import gpu_check
 from ersm.cli import main
-from ersm.config import TrainConfig
+from ersm.training.config import TrainConfig
 from helpers.sealed import seal_test_split
 
 KNOWN_CUDA_TESTS = ("tests/test_layer.py::test_cuda_and_amp_match_cpu", "tests/test_contract.py::test_no_host_sync_on_cuda",
@@ -112,17 +112,17 @@ def test_reference_models_are_the_committed_full_size_models_of_one_config_over_
 
 def test_the_reference_validation_split_is_the_one_the_cpu_models_were_scored_on():
     """Recomputes REFERENCE_VALIDATION_SPLIT as its comment says, on this CPU, from the committed data."""
-    from ersm.train import validation_data
+    from ersm.data import load_split
 
     splits._digits.cache_clear()  # drawn afresh, not an earlier test's copy
-    images, labels, _ = validation_data(gpu_check.reference_models()[0].config)
+    images, labels, _ = load_split(gpu_check.reference_models()[0].config, "validation")
     fingerprint = gpu_check.split_fingerprint(images, labels)
     assert len(labels) == 1000 and fingerprint["labels_sha256"] == gpu_check.REFERENCE_VALIDATION_SPLIT["labels_sha256"]
     assert fingerprint["pixel_mean"] == pytest.approx(gpu_check.REFERENCE_VALIDATION_SPLIT["pixel_mean"], rel=0, abs=1e-12)
     assert gpu_check.same_split(fingerprint)
     assert not gpu_check.same_split({**fingerprint, "pixel_mean": fingerprint["pixel_mean"] + 1e-6})
     assert not gpu_check.same_split({**fingerprint, "labels_sha256": "0" * 16})
-    assert validation_data(gpu_check.reference_models()[1].config)[1].equal(labels), "both families share the split"
+    assert load_split(gpu_check.reference_models()[1].config, "validation")[1].equal(labels), "both families share the split"
 
 
 def test_reference_models_name_the_file_and_the_missing_field(tmp_path):
@@ -273,7 +273,7 @@ TINY = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, bat
 
 
 def guard_is_live(refused: list[str]) -> None:
-    for road in (lambda: ersm.train.test_data(TINY), lambda: ersm.data.load_split(TINY, "test"),
+    for road in (lambda: ersm.data.load_split(TINY, "test"), lambda: ersm.data.load_split(TINY, "test"),
                  lambda: splits._digits(*splits._digit_args(TINY, "test", "random"))):
         with pytest.raises(AssertionError, match="asked for the test split"):
             road()
@@ -285,36 +285,36 @@ def test_a_trained_model_is_scored_on_the_validation_split_never_the_test_split(
     monkeypatch.setenv("ERSM_HOME", str(tmp_path))
     refused = seal_test_split(monkeypatch)
     run_dir = tmp_path / "run"
-    ersm.train.train(TINY, run_dir=run_dir, progress=False)
+    ersm.training.cache.train(TINY, run_dir=run_dir, progress=False)
     scores = gpu_check.score_validation(TINY, run_dir)
     assert refused == [], refused
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert scores["validation_accuracy"] == pytest.approx(100 * history[-1]["val_accuracy"])
     assert scores["epoch_seconds"] == pytest.approx(sum(record["seconds"] for record in history))
-    images, labels, _ = ersm.train.validation_data(TINY)
+    images, labels, _ = ersm.data.load_split(TINY, "validation")
     assert scores["validation_split"] == gpu_check.split_fingerprint(images, labels) and len(labels) == TINY.n_val
     guard_is_live(refused)
 
 
 def test_train_unit_reads_the_validation_split_never_the_test_split(tmp_path, monkeypatch):
-    """``train_unit`` whole, on the CPU: its CUDA calls are stubbed and ``ersm.train.train`` trains the
+    """``train_unit`` whole, on the CPU: its CUDA calls are stubbed and ``ersm.training.cache.train`` trains the
     tiny config on the CPU; the test split is sealed throughout."""
     monkeypatch.setenv("ERSM_HOME", str(tmp_path))
     refused = seal_test_split(monkeypatch)
-    train, resolve = ersm.train.train, ersm.config.resolve_device
-    monkeypatch.setattr(ersm.config, "resolve_device",  # config.device="cuda" resolves to CUDA, torch left as it is
+    train, resolve = ersm.training.cache.train, ersm.training.config.resolve_device
+    monkeypatch.setattr(ersm.training.config, "resolve_device",  # config.device="cuda" resolves to CUDA, torch left as it is
                         lambda name: torch.device("cuda") if name == "cuda" else resolve(name))
     for name, value in (("reset_peak_memory_stats", None), ("synchronize", None), ("get_device_name", "a GPU"),
                         ("max_memory_allocated", 2**20)):
         monkeypatch.setattr(torch.cuda, name, lambda *args, value=value, **kwargs: value)
-    monkeypatch.setattr(ersm.train, "train", lambda config, **kwargs: train(config.replace(device="cpu"), **kwargs))
+    monkeypatch.setattr(ersm.training.cache, "train", lambda config, **kwargs: train(config.replace(device="cpu"), **kwargs))
     result = gpu_check.train_unit({"config": TINY.replace(device="cuda").to_dict(), "run_dir": str(tmp_path / "run")})
     assert refused == [], refused
     assert set(result) == {"config", "device", "train_seconds", "images_per_second", "validation_accuracy",
                            "validation_split", "epoch_seconds", "peak_memory_mib"}
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result["validation_accuracy"] == pytest.approx(100 * history[-1]["val_accuracy"])
-    images, labels, _ = ersm.train.validation_data(TINY)
+    images, labels, _ = ersm.data.load_split(TINY, "validation")
     assert result["validation_split"] == gpu_check.split_fingerprint(images, labels)
     guard_is_live(refused)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ersm import EnergyMask, build_model
-from ersm.hardening import (RANKINGS, HardEnergyMask, harden, kept_count, object_masks, token_coverage,
+from ersm.compute.hardening import (RANKINGS, HardEnergyMask, harden, kept_count, object_masks, token_coverage,
                             top_tokens)
 from ersm.layer import energy_masks
 from helpers.fixtures import randomise_batchnorm
@@ -210,7 +210,7 @@ def test_model_without_an_energy_mask_is_refused():
 
 
 def test_training_mode_is_refused_with_the_reason_before_any_work(monkeypatch):
-    import ersm.hardening as hardening
+    import ersm.compute.hardening as hardening
 
     def no_copy(_):
         raise AssertionError("harden copied the model before refusing it")
@@ -293,8 +293,8 @@ class FakeClock:
     """perf_counter that advances only when the stages run: `sparse_cost` per sparse run, 1 per reference run."""
 
     def __init__(self, monkeypatch, sparse_cost):
-        import ersm.hardening as hardening
-        from ersm.sparse_exec import SparseStages
+        import ersm.compute.hardening as hardening
+        from ersm.compute.sparse_exec import SparseStages
 
         self.now = 0.0
         run = SparseStages.run
@@ -332,7 +332,7 @@ def test_execution_arguments_and_models_are_refused_before_any_work(monkeypatch)
 
     import torchvision
 
-    import ersm.hardening as hardening
+    import ersm.compute.hardening as hardening
     from ersm.models import insert_energy_mask
 
     model, x = ersm_backbone("small_cnn")

@@ -1,4 +1,4 @@
-"""Portable CPU numerics (ersm/numerics.py): pins in force, loud when they cannot be, and the
+"""Portable CPU numerics (ersm/portability/numerics.py): pins in force, loud when they cannot be, and the
 fingerprint of this commit's kernels equal to the reference the committed outputs were made with."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from ersm import fingerprint, numerics
+from ersm.portability import fingerprint, numerics
 
 portable_here = pytest.mark.skipif(numerics.portability_problem() is not None,
                                    reason=f"{numerics.portability_problem()}")
@@ -55,7 +55,7 @@ def test_a_fingerprint_other_than_the_reference_skips_nbval_in_one_line_naming_b
 @portable_here
 def test_native_kernels_give_other_weights_so_the_fingerprint_can_tell():
     # the same recipe with the CPU's own kernels: if this equalled the portable hash the test above would prove nothing
-    result = run_python("from ersm import fingerprint; print(fingerprint.weights_hash())", ERSM_KERNELS="native")
+    result = run_python("from ersm.portability import fingerprint; print(fingerprint.weights_hash())", ERSM_KERNELS="native")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() != fingerprint.weights_hash()
 
@@ -82,7 +82,7 @@ def test_a_conflicting_pin_is_refused_with_its_name_and_value():
 @portable_here
 def test_torch_used_before_ersm_gives_a_loud_warning_not_a_silent_unpinned_run():
     result = run_python("import torch; (torch.rand(4, 4) @ torch.rand(4, 4)).sum(); import ersm; "
-                        "from ersm import numerics; print(numerics.in_force())")
+                        "from ersm.portability import numerics; print(numerics.in_force())")
     assert result.returncode == 0, result.stderr
     assert "PortabilityWarning" in result.stderr and "NOT in force" in result.stderr
     assert "Import ersm first" in result.stderr

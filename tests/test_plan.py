@@ -1,4 +1,4 @@
-"""``ersm.plan``: the models of a profile, phase by phase, and ``warm``, which trains them ahead of the notebooks.
+"""``ersm.study.plan``: the models of a profile, phase by phase, and ``warm``, which trains them ahead of the notebooks.
 
 The check that the plan lists what the notebooks train, end to end, is in
 tests/test_datasets_profiles.py (CIFAR-10 fixture, all five notebooks) and here for the
@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import ersm.convergence
-import ersm.train
-from ersm.checkpoint import load_checkpoint
-from ersm import plan, tuning
+import ersm.study.convergence
+import ersm.training.cache
+from ersm.study.setup import base_of
+from ersm.training.checkpoint import load_checkpoint
+from ersm.study import plan, tuning
 from ersm.experiments import sparsity
-from ersm.profiles import parameters
-from ersm.reproduce import reproduce
+from ersm.study.profiles import parameters
+from ersm.study.reproduce import reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(SEEDS=[0, 1], EPOCHS=1, N_TRAIN=40, N_VAL=10, N_TEST=20, CANVAS=40, WIDTH=4, DEVICE="cpu", TUNING_TRIALS=1)
@@ -50,8 +51,8 @@ def fake_histories(monkeypatch, fitting=lambda config: False):
         assert config.augmentation != "none", "the batch value is read for models trained without augmentation"
         return 0.01 if fitting(config) else 1.0
 
-    monkeypatch.setattr(ersm.train, "training_history", history_of)
-    monkeypatch.setattr(ersm.convergence, "clean_training_cross_entropy", clean_cross_entropy)
+    monkeypatch.setattr(ersm.training.cache, "training_history", history_of)
+    monkeypatch.setattr(ersm.study.convergence, "clean_training_cross_entropy", clean_cross_entropy)
     monkeypatch.setattr(plan, "training_history", history_of)
 
 
@@ -85,7 +86,7 @@ def test_the_plan_applies_the_tuning_selection(monkeypatch):
     fake_histories(monkeypatch)   # validation accuracy grows with lr: the trial with the largest lr wins
     phases = dict(plan.phases("full"))
     best_lr = max(c.lr for c in phases["dense trials"])
-    base = plan.base_of(parameters("01_training", "full"))
+    base = base_of(parameters("01_training", "full"))
     selected, _ = tuning.tune(base, 8)
     sweep = {c.digest(): c for runs in sparsity.sweep_configs(base, {"beta": [5.0], "lambda_unary": [0.2, 5.0], "lambda_pair": [0.0]},
                                                               0, recipe=selected["dense"]).values() for c in runs}
@@ -109,7 +110,7 @@ def test_notebook_03_trains_nothing_after_warm(home):
 
 def test_several_jobs_train_the_same_weights_as_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    base = plan.base_of(tiny_ci("01_training", "ci"))
+    base = base_of(tiny_ci("01_training", "ci"))
     configs = [base.replace(model=model, seed=seed) for model in ("dense", "paper") for seed in (0, 1)]
     weights = {}
     for jobs in (1, 2):

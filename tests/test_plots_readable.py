@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ersm import plots  # noqa: E402
+from ersm.study import plots  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

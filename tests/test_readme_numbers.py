@@ -1,4 +1,4 @@
-"""Every result the README quotes comes from the results JSON (ersm/findings.py, ersm/reproduce.py).
+"""Every result the README quotes comes from the results JSON (ersm/study/findings.py, ersm/study/reproduce.py).
 
 The README's `full` and `ci` sections hold two rendered blocks per profile: the claims table and
 the findings (headlines and controls). These tests re-render both from `results/<profile>/` and
@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from ersm import findings
+from ersm.study import findings
 from ersm.paths import repo_root
-from ersm.reproduce import claims_table
+from ersm.study.reproduce import claims_table
 
 PROFILES = ("full", "ci")
 SECTIONS = {"full": "### `full` profile", "ci": "### `ci` profile"}

@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ersm.profiles import parameters
-from ersm.reproduce import declared_parameters, profile_note, reproduce
+from ersm.study.profiles import parameters
+from ersm.study.reproduce import declared_parameters, profile_note, reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = "01_fixture"
@@ -22,10 +22,10 @@ PARAMETERS_CELL = 'PROFILE = "ci"\nSEEDS = [0]\nSCALE = 1.0'
 CI_NOTE = "**Profile.** The outputs stored here are the `ci` profile."
 # the claim's numbers are computed from the parameters, so the table shows whether they were injected
 RESULTS_CELL = '''\
-import ersm.results
+import ersm.study.results
 
 value = len(SEEDS) * SCALE
-ersm.results.Run("01_fixture", PROFILE, {"SEEDS": SEEDS, "SCALE": SCALE}).save({"claims": [dict(
+ersm.study.results.Run("01_fixture", PROFILE, {"SEEDS": SEEDS, "SCALE": SCALE}).save({"claims": [dict(
     claim="fixture claim", metric="seeds times scale", baseline_name="one", baseline=1.0, ersm=value,
     difference=value - 1.0, lo=value - 1.5, hi=value - 0.5, rule="superiority", verdict="SUPPORTED")]})
 print("value", value)
@@ -91,7 +91,7 @@ def test_bad_parameters_are_refused_before_any_notebook_runs(notebooks, tmp_path
 
 def test_int_is_accepted_for_a_float_parameter(notebooks):
     # must not raise: SCALE = 2 is a fine float (validation only; nothing is executed here)
-    from ersm.profiles import validate
+    from ersm.study.profiles import validate
 
     validate(FIXTURE, {"SCALE": 2}, declared_parameters(notebooks / f"{FIXTURE}.ipynb"))
 
@@ -131,7 +131,7 @@ def test_committed_notebook_defaults_equal_the_ci_profile(path):
 
 
 def test_update_readme_replaces_only_its_profile_block(tmp_path, monkeypatch):
-    from ersm.reproduce import update_readme
+    from ersm.study.reproduce import update_readme
 
     monkeypatch.setenv("ERSM_HOME", str(tmp_path))
     readme = tmp_path / "README.md"
@@ -146,7 +146,7 @@ def test_update_readme_replaces_only_its_profile_block(tmp_path, monkeypatch):
 
 
 def test_reproduce_leaves_the_readme_and_the_table_names_each_commit(notebooks, tmp_path):
-    from ersm.reproduce import claims_table
+    from ersm.study.reproduce import claims_table
 
     readme = tmp_path / "README.md"
     readme.write_text("<!-- claims:full -->\nold\n<!-- /claims:full -->\n")
@@ -164,7 +164,7 @@ def test_reproduce_leaves_the_readme_and_the_table_names_each_commit(notebooks, 
 def test_dirty_means_changed_code_not_the_outputs_a_run_writes(tmp_path, monkeypatch):
     import subprocess
 
-    from ersm.results import git_state
+    from ersm.study.results import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -187,7 +187,7 @@ def test_dirty_means_changed_code_not_the_outputs_a_run_writes(tmp_path, monkeyp
 @pytest.mark.skipif(not COMMITTED, reason="no committed notebooks yet")
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
 def test_every_notebook_imports_ersm_before_numpy_or_pandas(path):
-    """A kernel that loads numpy before ``import ersm`` runs unpinned (ersm/numerics.py): in JupyterLab,
+    """A kernel that loads numpy before ``import ersm`` runs unpinned (ersm/portability/numerics.py): in JupyterLab,
     and under nbval, whose kernels do not inherit the pins. The first import must be from ersm."""
     import ast
 

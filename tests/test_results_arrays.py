@@ -1,10 +1,10 @@
-"""Per-image arrays beside the results JSON (ersm/results.py, ersm/experiments/per_image.py)."""
+"""Per-image arrays beside the results JSON (ersm/study/results.py, ersm/experiments/per_image.py)."""
 import json
 
 import numpy as np
 import pytest
 
-from ersm import results
+from ersm.study import results
 from ersm.experiments import occlusion, per_image
 from ersm.paths import repo_root
 

@@ -1,7 +1,7 @@
-"""docs/rules.md tells its own history: one heading per amendment in ersm/rules.py, and back.
+"""docs/rules.md tells its own history: one heading per amendment in ersm/study/rules.py, and back.
 
 Rules v2 is kept as it was when the ``full`` run began; every later change is a dated, numbered
-amendment (``ersm.rules.AMENDMENTS``). These tests parse the page's Markdown headings and check
+amendment (``ersm.study.rules.AMENDMENTS``). These tests parse the page's Markdown headings and check
 that the page and the module agree, that the false sentence about the test split is gone, and
 that every link into the page from the repository lands on a heading that exists.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ersm import rules
+from ersm.study import rules
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "rules.md"
@@ -71,7 +71,7 @@ def test_every_amendment_has_a_heading_with_its_version_and_date(page):
         matching = [dates for version, dates in found if version == amendment.version]
         assert len(matching) == 1, f"{amendment.version}: {len(matching)} headings in docs/rules.md, expected 1"
         assert matching[0] == [amendment.date], \
-            f"{amendment.version}: heading dates {matching[0]}, ersm/rules.py says {amendment.date}"
+            f"{amendment.version}: heading dates {matching[0]}, ersm/study/rules.py says {amendment.date}"
 
 
 def test_every_amendment_heading_is_in_the_module_in_the_same_order(page):

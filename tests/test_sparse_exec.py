@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ersm.models import SmallCNN, resnet20, resnet_imagenet
-from ersm.sparse_exec import SparseStages, pool_mask, post_mask_units, read_by_windows, positions_of
+from ersm.compute.sparse_exec import SparseStages, pool_mask, post_mask_units, read_by_windows, positions_of
 from helpers.fixtures import randomise_batchnorm
 
 # backbone -> (builder, input side, channels, the stages after a mask placed after layer2)
@@ -198,7 +198,7 @@ def test_unsupported_units_and_modes_are_refused():
 @pytest.mark.parametrize("dense_inner_share", [0.0, 1.01])  # always / never run a Bottleneck's first 1x1 everywhere
 @pytest.mark.parametrize("kind", ["random", "blob", "all_kept"])
 def test_both_ways_of_a_bottlenecks_first_conv_agree(monkeypatch, dense_inner_share, kind):
-    import ersm.sparse_exec as sparse_exec
+    import ersm.compute.sparse_exec as sparse_exec
 
     monkeypatch.setattr(sparse_exec, "DENSE_INNER_SHARE", dense_inner_share)
     x, kept, _, sparse = hard_features("resnet50_64", kind)

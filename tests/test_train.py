@@ -14,14 +14,14 @@ import warnings
 import pytest
 import torch
 
-import ersm.checkpoint
-import ersm.engine
-import ersm.convergence
-import ersm.train
-from ersm.augment import cutout
-from ersm.checkpoint import load_checkpoint
+import ersm.training.checkpoint
+import ersm.training.engine
+import ersm.study.convergence
+import ersm.training.cache
+from ersm.training.augment import cutout
+from ersm.training.checkpoint import load_checkpoint
 from ersm.cli import main
-from ersm.config import ERSM_ONLY_FIELDS, TrainConfig, from_dict
+from ersm.training.config import ERSM_ONLY_FIELDS, TrainConfig, from_dict
 from ersm.layer import energy_masks
 from ersm.loss import Objective
 from ersm.paths import cache_dir
@@ -52,13 +52,13 @@ def history(run_dir, drop=("seconds",)) -> list[dict]:
 
 def count_epochs(monkeypatch) -> list[int]:
     """Wrap the engine's ``train_one_epoch`` so the test sees which epochs actually ran."""
-    ran, original = [], ersm.engine.train_one_epoch
+    ran, original = [], ersm.training.engine.train_one_epoch
 
     def counting(run, epoch):
         ran.append(epoch)
         return original(run, epoch)
 
-    monkeypatch.setattr(ersm.engine, "train_one_epoch", counting)
+    monkeypatch.setattr(ersm.training.engine, "train_one_epoch", counting)
     return ran
 
 
@@ -66,15 +66,15 @@ def count_epochs(monkeypatch) -> list[int]:
 
 def test_second_get_model_is_a_cache_hit(monkeypatch):
     ran = count_epochs(monkeypatch)
-    first = ersm.train.get_model(TINY)
+    first = ersm.training.cache.get_model(TINY)
     assert ran == [0, 1]
     assert (cache_dir() / TINY.digest() / "checkpoint.pt").exists()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached config must not be trained again")
 
-    monkeypatch.setattr(ersm.engine, "train_one_epoch", no_training)
-    second = ersm.train.get_model(TINY)
+    monkeypatch.setattr(ersm.training.engine, "train_one_epoch", no_training)
+    second = ersm.training.cache.get_model(TINY)
     assert_same_weights(first, second)
     assert not second.training
 
@@ -82,9 +82,9 @@ def test_second_get_model_is_a_cache_hit(monkeypatch):
 def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
     """What the convergence rule reads for an augmented model: the un-augmented split, BatchNorm's running statistics."""
     config = TINY.replace(model="dense", augmentation="cutout", cutout_size=16)
-    value = ersm.convergence.clean_training_cross_entropy(config)
-    model = ersm.train.get_model(config)
-    images, labels, _ = ersm.train.training_data(config)
+    value = ersm.study.convergence.clean_training_cross_entropy(config)
+    model = ersm.training.cache.get_model(config)
+    images, labels, _ = ersm.data.load_split(config, "train")
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model.eval()(images), labels).item()
         in_train_mode = torch.nn.functional.cross_entropy(model.train()(images), labels).item()
@@ -94,25 +94,25 @@ def test_clean_training_cross_entropy_reads_the_training_images_in_eval_mode():
 
 def test_validation_correct_is_the_recorded_validation_accuracy_image_by_image():
     """What the stability test compares: one bool per validation image, whose mean is the last epoch's record."""
-    correct = ersm.convergence.validation_correct(TINY)
+    correct = ersm.study.convergence.validation_correct(TINY)
     assert correct.dtype == bool and correct.shape == (TINY.n_val,)
-    assert correct.mean() == pytest.approx(ersm.train.training_history(TINY)[-1]["val_accuracy"], abs=1e-6)
+    assert correct.mean() == pytest.approx(ersm.training.cache.training_history(TINY)[-1]["val_accuracy"], abs=1e-6)
     assert 0 < correct.sum() < TINY.n_val   # a tiny model gets some right, not all
 
 
 def test_longer_config_is_a_different_cache_entry(monkeypatch):
     # the epoch count is part of the config, so it must not reuse (or extend) the 2-epoch model
-    ersm.train.get_model(TINY)
+    ersm.training.cache.get_model(TINY)
     ran = count_epochs(monkeypatch)
-    ersm.train.get_model(TINY.replace(epochs=3))
+    ersm.training.cache.get_model(TINY.replace(epochs=3))
     assert ran == [0, 1, 2]
 
 
 # --- determinism and resume ------------------------------------------------------------------
 
 def test_same_config_trains_bit_identically(tmp_path):
-    a = ersm.train.train(TINY, tmp_path / "a")
-    b = ersm.train.train(TINY, tmp_path / "b")
+    a = ersm.training.cache.train(TINY, tmp_path / "a")
+    b = ersm.training.cache.train(TINY, tmp_path / "b")
     assert_same_weights(a, b)
     assert history(tmp_path / "a") == history(tmp_path / "b")
     assert len(history(tmp_path / "a")) == TINY.epochs
@@ -121,8 +121,8 @@ def test_same_config_trains_bit_identically(tmp_path):
 
 def test_different_seed_trains_differently(tmp_path):
     # guards the determinism test against passing because nothing depends on the seed
-    a = ersm.train.train(TINY, tmp_path / "a")
-    b = ersm.train.train(TINY.replace(seed=1), tmp_path / "b")
+    a = ersm.training.cache.train(TINY, tmp_path / "a")
+    b = ersm.training.cache.train(TINY.replace(seed=1), tmp_path / "b")
     assert not torch.equal(a.state_dict()["stem.0.weight"], b.state_dict()["stem.0.weight"])
 
 
@@ -133,40 +133,40 @@ def test_different_seed_trains_differently(tmp_path):
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, recipe):
     config = TINY.replace(epochs=3, **recipe)
     ran = count_epochs(monkeypatch)
-    ersm.train.train(config, tmp_path / "a", stop_after_epoch=1)
+    ersm.training.cache.train(config, tmp_path / "a", stop_after_epoch=1)
     assert ran == [0]
     assert load_checkpoint(tmp_path / "a")["epoch"] == 1
-    resumed = ersm.train.train(config, tmp_path / "a")
+    resumed = ersm.training.cache.train(config, tmp_path / "a")
     assert ran == [0, 1, 2], "the resumed run must start at epoch 2, not retrain epoch 1"
-    straight = ersm.train.train(config, tmp_path / "b")
+    straight = ersm.training.cache.train(config, tmp_path / "b")
     assert_same_weights(resumed, straight)
     assert history(tmp_path / "a") == history(tmp_path / "b")
 
 
 def test_sessions_say_which_machine_trained_which_epochs(tmp_path, monkeypatch):
     config = TINY.replace(epochs=3)
-    monkeypatch.setattr(ersm.numerics, "cpu_model", lambda: "first CPU")
-    ersm.train.train(config, cache_dir() / config.digest(), stop_after_epoch=1)   # a session that ends after epoch 1
-    monkeypatch.setattr(ersm.numerics, "cpu_model", lambda: "second CPU")
-    ersm.train.get_model(config)                                                   # resumed elsewhere
-    ersm.train.get_model(config)                                                   # a cache hit trains nothing
-    sessions = ersm.train.training_sessions(config)
+    monkeypatch.setattr(ersm.portability.numerics, "cpu_model", lambda: "first CPU")
+    ersm.training.cache.train(config, cache_dir() / config.digest(), stop_after_epoch=1)   # a session that ends after epoch 1
+    monkeypatch.setattr(ersm.portability.numerics, "cpu_model", lambda: "second CPU")
+    ersm.training.cache.get_model(config)                                                   # resumed elsewhere
+    ersm.training.cache.get_model(config)                                                   # a cache hit trains nothing
+    sessions = ersm.training.cache.training_sessions(config)
     assert [(s["event"], s.get("from_epoch", s.get("epoch"))) for s in sessions] == [("start", 0), ("end", 1), ("start", 1), ("end", 3)]
     assert [s["cpu_model"] for s in sessions if s["event"] == "start"] == ["first CPU", "second CPU"]
     start = sessions[0]
-    assert start["device"] == "cpu" and start["kernels"] == ersm.numerics.kernel_mode() and start["world_size"] == 1
+    assert start["device"] == "cpu" and start["kernels"] == ersm.portability.numerics.kernel_mode() and start["world_size"] == 1
     assert start["aten_capability"] == torch.backends.cpu.get_cpu_capability() and start["utc"].endswith("+00:00")
     assert all(s["wall_seconds"] >= 0 for s in sessions if s["event"] == "end")
-    assert ersm.train.training_sessions(TINY.replace(seed=9)) == []  # never trained: no records
+    assert ersm.training.cache.training_sessions(TINY.replace(seed=9)) == []  # never trained: no records
 
     from ersm.experiments.common import trained_on
     (record,) = trained_on({"paper": [config, config.replace(seed=9)]})   # the untrained seed 9 is left out
-    assert record["machines"] == [f"cpu: first CPU, {ersm.numerics.kernel_mode()} kernels",
-                                  f"cpu: second CPU, {ersm.numerics.kernel_mode()} kernels"]
+    assert record["machines"] == [f"cpu: first CPU, {ersm.portability.numerics.kernel_mode()} kernels",
+                                  f"cpu: second CPU, {ersm.portability.numerics.kernel_mode()} kernels"]
     assert record["sessions"] == 2 and record["config"] == config.digest() and record["seed"] == 0
-    sessions_file = cache_dir() / config.digest() / ersm.train.SESSIONS
+    sessions_file = cache_dir() / config.digest() / ersm.training.cache.SESSIONS
     sessions_file.write_text("".join(line + "\n" for line in sessions_file.read_text().splitlines()[2:]))  # epoch 1 unrecorded
-    assert trained_on({"paper": [config]})[0]["machines"] == [f"cpu: second CPU, {ersm.numerics.kernel_mode()} kernels", "not recorded"]
+    assert trained_on({"paper": [config]})[0]["machines"] == [f"cpu: second CPU, {ersm.portability.numerics.kernel_mode()} kernels", "not recorded"]
     sessions_file.unlink()   # a model trained before the records existed
     assert trained_on({"paper": [config]})[0]["machines"] == ["not recorded"]
 
@@ -198,16 +198,16 @@ def swap_payload(run_dir):
 
 @pytest.mark.parametrize("corrupt", [flip_bytes, truncate, delete_manifest, swap_payload])
 def test_corrupt_checkpoint_warns_and_retrains(monkeypatch, corrupt):
-    clean = ersm.train.get_model(TINY)
+    clean = ersm.training.cache.get_model(TINY)
     run_dir = cache_dir() / TINY.digest()
     corrupt(run_dir)
 
     loaded = []
     real_load = torch.load
-    monkeypatch.setattr(ersm.checkpoint.torch, "load", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(ersm.training.checkpoint.torch, "load", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
     ran = count_epochs(monkeypatch)
     with pytest.warns(UserWarning, match="corrupt checkpoint"):
-        again = ersm.train.get_model(TINY)
+        again = ersm.training.cache.get_model(TINY)
     assert loaded == [], "a checkpoint that fails verification must never reach torch.load"
     assert ran == [0, 1], "the model must be retrained from scratch"
     assert_same_weights(clean, again)
@@ -219,7 +219,7 @@ def test_corrupt_checkpoint_warns_and_retrains(monkeypatch, corrupt):
 # --- non-finite loss -----------------------------------------------------------------------------
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatch):
-    calls, real = [], ersm.engine.ersm_objective
+    calls, real = [], ersm.training.engine.ersm_objective
     poisoned_call = STEPS_PER_EPOCH + 2  # epoch 2, step 2
 
     def objective(logits, targets, model, beta):
@@ -229,9 +229,9 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
             return Objective(result.total * float("nan"), result.cross_entropy, result.regularizer)
         return result
 
-    monkeypatch.setattr(ersm.engine, "ersm_objective", objective)
+    monkeypatch.setattr(ersm.training.engine, "ersm_objective", objective)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2\b"):
-        ersm.train.get_model(TINY)
+        ersm.training.cache.get_model(TINY)
     run_dir = cache_dir() / TINY.digest()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -240,9 +240,9 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(monkeypatc
     assert len(history(run_dir)) == 1
 
     # once the cause is gone, training resumes from epoch 2 and matches an uninterrupted run
-    monkeypatch.setattr(ersm.engine, "ersm_objective", real)
-    resumed = ersm.train.get_model(TINY)
-    assert_same_weights(resumed, ersm.train.train(TINY, run_dir.parent / "straight"))
+    monkeypatch.setattr(ersm.training.engine, "ersm_objective", real)
+    resumed = ersm.training.cache.get_model(TINY)
+    assert_same_weights(resumed, ersm.training.cache.train(TINY, run_dir.parent / "straight"))
 
 
 def test_a_non_finite_mask_offset_stops_with_its_name_epoch_and_step(monkeypatch):
@@ -261,7 +261,7 @@ def test_a_non_finite_mask_offset_stops_with_its_name_epoch_and_step(monkeypatch
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     with pytest.raises(FloatingPointError, match=r"layer2\.1\.mask_offset became inf at epoch 2, step 1\b"):
-        ersm.train.get_model(config)
+        ersm.training.cache.get_model(config)
     state = load_checkpoint(cache_dir() / config.digest())
     assert state["epoch"] == 1, "the last good checkpoint stays"
 
@@ -269,7 +269,7 @@ def test_a_non_finite_mask_offset_stops_with_its_name_epoch_and_step(monkeypatch
 @pytest.mark.parametrize("model", ["meanfield", "hardconcrete"])
 def test_the_new_variants_train_through_the_engine(model):
     config = TINY.replace(model=model)
-    trained = ersm.train.get_model(config)
+    trained = ersm.training.cache.get_model(config)
     layer = next(module for _, module in energy_masks(trained))
     assert layer.variant == model and torch.isfinite(layer.mask_offset)
     assert len(history(cache_dir() / config.digest())) == TINY.epochs
@@ -363,7 +363,7 @@ def test_cache_key_names_the_torch_version_device_and_kernels(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert TrainConfig().digest() != key
     monkeypatch.undo()
-    monkeypatch.setattr("ersm.config.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("ersm.training.config.resolve_device", lambda name: torch.device("cuda"))
     assert TrainConfig().digest() != key
     monkeypatch.undo()
     monkeypatch.setenv("ERSM_KERNELS", "native")
@@ -454,10 +454,10 @@ def test_python_m_ersm_help_lists_the_commands():
 
 def test_the_history_of_a_cached_model_reads_its_checkpoint_once_and_builds_no_model(monkeypatch):
     """Issue 33: training_history verified and loaded a cached checkpoint twice and built the model."""
-    first = ersm.train.training_history(TINY)          # trains it
+    first = ersm.training.cache.training_history(TINY)          # trains it
     reads = []
-    original = ersm.train.load_checkpoint
-    monkeypatch.setattr(ersm.train, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or original(*a, **k))
-    monkeypatch.setattr(ersm.train, "make_model", lambda *a, **k: pytest.fail("a cached history needs no model"))
-    assert ersm.train.training_history(TINY) == first and len(reads) == 1
+    original = ersm.training.cache.load_checkpoint
+    monkeypatch.setattr(ersm.training.cache, "load_checkpoint", lambda *a, **k: reads.append(a[0]) or original(*a, **k))
+    monkeypatch.setattr(ersm.training.cache, "make_model", lambda *a, **k: pytest.fail("a cached history needs no model"))
+    assert ersm.training.cache.training_history(TINY) == first and len(reads) == 1
     assert len(first) == TINY.epochs and {"cross_entropy", "val_accuracy"} <= set(first[-1])

@@ -1,4 +1,4 @@
-"""The pre-registered tuning protocol (ersm.tuning) with fake training: known selections."""
+"""The pre-registered tuning protocol (ersm.study.tuning) with fake training: known selections."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ersm import tuning
-from ersm.config import TrainConfig
+from ersm.study import tuning
+from ersm.training.config import TrainConfig
 
 BASE = TrainConfig(epochs=3, n_train=100)
 

@@ -382,7 +382,8 @@ def test_variants_listed():
 def test_every_other_variant_list_derives_from_the_layer_s():
     """Issue 33: a variant is added in ersm.layer alone; the config, the tuning codes and the
     notebook families follow (and the tuning codes of the existing variants do not move)."""
-    from ersm import config, tuning
+    from ersm.training import config
+    from ersm.study import tuning
     from ersm.experiments import common
 
     assert config.MODELS == ("dense", *VARIANTS)

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from scipy import stats
 
 import ersm
-import ersm.checkpoint
-import ersm.config
-import ersm.inference
-import ersm.train
+import ersm.training.checkpoint
+import ersm.training.config
+import ersm.training.inference
+import ersm.training.cache
 from ersm.experiments import rankings
 from ersm.experiments.rankings import MAGNITUDE, MASK
 from ersm.metrics.stats import mean_ci
-from ersm.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, non_inferiority, superiority, threshold
+from ersm.study.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, non_inferiority, superiority, threshold
 
 N_BOOT = 500
 ERSM_NAME = "ERSM x"
@@ -215,13 +215,13 @@ def test_training_learns_above_chance(tmp_path, monkeypatch):
     56% here).
     """
     monkeypatch.setenv("ERSM_HOME", str(tmp_path))
-    config = ersm.config.TrainConfig(model="paper", n_train=1000, n_test=200, epochs=3, canvas=36, clutter=0,
+    config = ersm.training.config.TrainConfig(model="paper", n_train=1000, n_test=200, epochs=3, canvas=36, clutter=0,
                                      batch_size=32, lr=0.01)
-    model = ersm.train.train(config, run_dir=tmp_path / "run", progress=False)
-    images, labels, _ = ersm.train.test_data(config)
-    test_accuracy = ersm.inference.accuracy(model, images, labels)
-    history = ersm.checkpoint.load_checkpoint(tmp_path / "run")["history"]
-    val_images, val_labels, _ = ersm.train.validation_data(config)  # training scores validation only
-    assert len(history) == 3 and history[-1]["val_accuracy"] == pytest.approx(ersm.inference.accuracy(model, val_images, val_labels))
+    model = ersm.training.cache.train(config, run_dir=tmp_path / "run", progress=False)
+    images, labels, _ = ersm.data.load_split(config, "test")
+    test_accuracy = ersm.training.inference.accuracy(model, images, labels)
+    history = ersm.training.checkpoint.load_checkpoint(tmp_path / "run")["history"]
+    val_images, val_labels, _ = ersm.data.load_split(config, "validation")  # training scores validation only
+    assert len(history) == 3 and history[-1]["val_accuracy"] == pytest.approx(ersm.training.inference.accuracy(model, val_images, val_labels))
     assert test_accuracy > 0.3, f"test accuracy {test_accuracy:.3f} after 3 epochs; chance is 0.1"
     assert history[-1]["loss"] < history[0]["loss"]

@@ -16,8 +16,8 @@
 Every dataset yields ``(image float32 [C, H, W] in [0, 1], label int, mask bool [1, H, W])``.
 """
 
-# Names are imported when first used (PEP 562): ``ersm.config`` imports ``ersm.data.registry``, and
-# an eager import of ``splits`` here would import ``ersm.config`` back before it is defined.
+# Names are imported when first used (PEP 562): ``ersm.training.config`` imports ``ersm.data.registry``, and
+# an eager import of ``splits`` here would import ``ersm.training.config`` back before it is defined.
 from .capabilities import capabilities  # eager: the function, not its module of the same name (it imports the registry only)
 
 _WHERE = {

@@ -1,6 +1,6 @@
 """One entry per dataset: its spec, where its items come from, its augmentation and what it can support.
 
-This module is the only place that knows the datasets by name. ``ersm.config`` takes each
+This module is the only place that knows the datasets by name. ``ersm.training.config`` takes each
 dataset's :class:`DatasetSpec` from here (channels, classes, image side, normalisation, object
 masks); ``ersm.data.splits`` looks an entry up for how to open its files and transform its
 items; ``ersm.data.capabilities`` reads its flags. It is a leaf: it imports nothing from

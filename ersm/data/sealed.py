@@ -6,23 +6,23 @@ held-out test digits of the cluttered-digits benchmark, composed anew (positions
 backgrounds, clutter) with ``CONFIRM_TEST_SEED``. Every earlier test split was composed with
 ``data_seed + 1`` (seed 1); the digit identities are the same ones the exploratory run scored.
 
-A config names this split with ``test_seed=CONFIRM_TEST_SEED`` (``ersm.config.TrainConfig``;
+A config names this split with ``test_seed=CONFIRM_TEST_SEED`` (``ersm.training.config.TrainConfig``;
 the field never enters the model's hash, since training never reads the test split). The
 digit generator refuses to compose a test split with a sealed seed, however it is reached
 (``ClutteredDigits("test", ..., seed=CONFIRM_TEST_SEED)``, or a config whose ``data_seed + 1``
 is that seed), and the split functions refuse it too, naming the split and the seed
 (:class:`SealedTestSplit`), until :func:`open_test_split` has run in the process. That call:
 
-- accepts only the ``confirm`` profiles (``ersm.profiles.CONFIRM_PROFILES``);
-- checks the text of rules v3 against its frozen hash first (``ersm.rules.check_v3_frozen``);
-- checks that every phase of the study is trained (``ersm.plan.status``);
+- accepts only the ``confirm`` profiles (``ersm.study.profiles.CONFIRM_PROFILES``);
+- checks the text of rules v3 against its frozen hash first (``ersm.study.rules.check_v3_frozen``);
+- checks that every phase of the study is trained (``ersm.study.plan.status``);
 - appends a record (time, profile, notebook, rules hash, test seed) to the study's ledger,
   ``results/<profile>/test_split_openings.jsonl`` (:func:`ledger`), which is committed with the
   results, and returns it for the notebook's provenance.
 
-From then on nothing trains: in the process, ``ersm.train.get_model`` refuses to train; in any
+From then on nothing trains: in the process, ``ersm.training.cache.get_model`` refuses to train; in any
 later process, ``ersm warm`` refuses a study whose ledger exists (:func:`check_not_opened`). The training engine refuses a
-test split of any kind (``ersm.engine.fit``), and ``tests/test_test_split_sealed.py`` shows
+test split of any kind (``ersm.training.engine.fit``), and ``tests/test_test_split_sealed.py`` shows
 that no training, tuning or convergence path can read this one.
 """
 from __future__ import annotations
@@ -98,13 +98,13 @@ def open_test_split(profile: str, notebook: str) -> dict:
     record for the provenance: ``{"opened_utc", "profile", "notebook", "test_seed", "rules_sha256"}``.
 
     Raises ``ValueError`` for a profile that is not a confirm profile, and
-    ``ersm.rules.RulesChanged`` when rules v3 differs from its frozen text.
+    ``ersm.study.rules.RulesChanged`` when rules v3 differs from its frozen text.
     """
     global _opened
     from ersm.paths import atomic_write_text
-    from ersm.plan import status
-    from ersm.profiles import CONFIRM_PROFILES
-    from ersm.rules import check_v3_frozen
+    from ersm.study.plan import status
+    from ersm.study.profiles import CONFIRM_PROFILES
+    from ersm.study.rules import check_v3_frozen
 
     if profile not in CONFIRM_PROFILES:
         raise ValueError(f"profile={profile!r} may not open the sealed test split; only {sorted(CONFIRM_PROFILES)} may")

@@ -1,9 +1,9 @@
-"""The data of a :class:`~ersm.config.TrainConfig`, split by split: what training and the notebooks read.
+"""The data of a :class:`~ersm.training.config.TrainConfig`, split by split: what training and the notebooks read.
 
 - :func:`load_split` ``(config, split)``: ``(images [N, C, H, W] float32 in [0, 1], labels [N]
   int64, masks [N, 1, H, W] bool)`` of ``split`` (``"train"``, ``"validation"`` or ``"test"``),
   un-augmented, at the config's image size. The notebooks' datasets.
-- :func:`training_set` / :func:`evaluation_set`: what ``ersm.train`` hands to ``ersm.fit``:
+- :func:`training_set` / :func:`evaluation_set`: what ``ersm.training.cache`` hands to ``ersm.fit``:
   tensors for the cluttered digits (generated in memory), Datasets for the real ones (decoded
   item by item, so that nothing like Pets' 2 GB of float pixels has to sit in memory).
 - :func:`split_metadata`: per-item facts of a cluttered-digits split.
@@ -42,7 +42,7 @@ Each item's random transform is drawn from torch's generator seeded by ``(seed, 
 on the process that fetches them (``torchrun``) or on an interruption.
 
 Normalisation is not applied here: it is the model's first stage (``ersm.models.Normalize``,
-built by ``ersm.train.make_model`` from :data:`ersm.config.DATASETS`), so every tensor here
+built by ``ersm.training.cache.make_model`` from :data:`ersm.training.config.DATASETS`), so every tensor here
 stays in ``[0, 1]``.
 """
 from __future__ import annotations
@@ -54,10 +54,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ersm.augment import Cutout
-from ersm.config import TrainConfig
+from ersm.training.augment import Cutout
+from ersm.training.config import TrainConfig
 from ersm.paths import data_dir
-from ersm.seeding import derived_seed
+from ersm.training.seeding import derived_seed
 
 from .digits import ClutteredDigits
 from .sealed import check_readable

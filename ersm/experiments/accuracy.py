@@ -1,6 +1,6 @@
 """Claim 1: classification accuracy is preserved (ERSM vs. the same backbone without the layer).
 
-Rules v2 (`docs/rules.md#01-accuracy-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed):
+Rules v2 (`docs/rules.md#01-accuracy-v2`) as amended (v2.4, ``ersm.study.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed):
 
 - Non-inferiority of ERSM against dense: the Student-t 95% interval over seeds of the per-seed
   difference ``accuracy(ERSM) - accuracy(dense)`` (paired by seed) must lie above ``-margin``
@@ -26,11 +26,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ersm.config import TrainConfig
+from ersm.training.config import TrainConfig
 from ersm.experiments.common import ALL_MODELS, DENSE, ERSM_MODELS, family, paired_seed_difference
-from ersm.inference import accuracy, correct
+from ersm.training.inference import accuracy, correct
 from ersm.metrics.power import noninferiority_power, seeds_for_noninferiority
-from ersm.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_inferiority
+from ersm.study.verdicts import MIN_UNITS, Claim, check_number, check_seed_pairs, non_inferiority
 
 POWER = 0.8     # rules v2: 80% power ...
 ALPHA = 0.025   # ... at one-sided alpha 0.025, true difference 0
@@ -62,6 +62,12 @@ def claim_families(base: TrainConfig, seeds: list[int], accuracy_seeds: list[int
     compared = family(base, ordered, names=COMPARED, selected=selected)
     return {name: compared.get(name, runs) for name, runs in every.items()}
 
+
+def configs(base: TrainConfig, params: dict, selected: dict[str, dict]) -> dict[str, list[TrainConfig]]:
+    """What notebook 01 trains: ``claim_families`` at the notebook's ``SEEDS`` and ``ACCURACY_SEEDS``
+    with the tuning ``selected`` (``ersm.study.tuning.tune``). ``ersm.study.plan`` trains the
+    union of the five claim modules' ``configs``."""
+    return claim_families(base, params["SEEDS"], params["ACCURACY_SEEDS"], selected)
 
 def seed_counts(seeds: list[int], accuracy_seeds: list[int]) -> str:
     """Notebook 01's seed count for its header line: ``"2 seeds"``, or ``"5 seeds (10 for dense and the

@@ -9,11 +9,12 @@ import time
 
 import pandas as pd
 
-from ersm.config import DATASETS, TrainConfig
+from ersm.training.config import DATASETS, TrainConfig
 from ersm.layer import VARIANTS
-from ersm.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
+from ersm.training.inference import accuracy  # noqa: F401  (re-exported for the notebooks)
 from ersm.metrics.stats import mean_ci
-from ersm.train import get_model, is_cached, test_data, training_history, training_sessions
+from ersm.data import load_split
+from ersm.training.cache import get_model, is_cached, training_history, training_sessions
 
 DENSE, CUTOUT = "dense", "dense + Cutout"
 DISPLAY_NAMES = {variant: f"ERSM {variant}" for variant in VARIANTS}  # ersm.layer.VARIANTS -> the notebooks' name
@@ -55,7 +56,7 @@ def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)
            selected: dict[str, dict] | None = None) -> dict[str, list[TrainConfig]]:
     """Display name -> one config per seed.
 
-    ``selected`` (from ``ersm.tuning.tune``) gives each model kind its tuned fields: dense's
+    ``selected`` (from ``ersm.study.tuning.tune``) gives each model kind its tuned fields: dense's
     recipe for every family, a variant's ``lambda_unary``, ``lambda_pair`` and ``beta`` for it,
     and for its ``beta = 0`` control the same lambdas with ``beta = 0``. Without it every
     family uses the defaults (the paper's lambda_unary = lambda_pair = beta = 1).
@@ -72,19 +73,6 @@ def family(base: TrainConfig, seeds: list[int], names=(DENSE, PAPER, CALIBRATED)
             fields = {**tuned, **fields}  # a control's beta=0 wins over the tuned beta
         out[name] = [base.replace(seed=seed, **fields) for seed in seeds]
     return out
-
-
-def tuned_family(base: TrainConfig, seeds: list[int], trials: int, names=ALL_MODELS,
-                 background_label_correlation: float | None = None) -> dict[str, list[TrainConfig]]:
-    """``family`` at the settings the pre-registered protocol selects (``ersm.tuning``; it trains
-    the trials through the cache, on ``base``'s split). With ``background_label_correlation`` the
-    selected settings are trained on that spurious split instead."""
-    from ersm import tuning
-
-    selected, _ = tuning.tune(base, trials)
-    if background_label_correlation is not None:
-        base = base.replace(background_label_correlation=background_label_correlation)
-    return family(base, seeds, names, selected)
 
 
 def train_all(configs: dict[str, list[TrainConfig]]) -> dict[str, list]:
@@ -107,7 +95,7 @@ def histories(configs: dict[str, list[TrainConfig]]) -> pd.DataFrame:
 
 def trained_on(configs: dict[str, list[TrainConfig]]) -> list[dict]:
     """Per cached model of ``configs``: the machines that trained it, from its ``sessions.jsonl``
-    (``ersm.train.training_sessions``). One record per ``(model, seed)``: ``config`` (the cache
+    (``ersm.training.cache.training_sessions``). One record per ``(model, seed)``: ``config`` (the cache
     hash), ``machines`` (e.g. ``"cpu: <CPU model>, native kernels"``, and ``"not recorded"`` where epochs
     were trained before the records existed), ``sessions`` and ``train_seconds`` (the sum of the
     finished sessions' wall times). Configs not in the cache are left out."""
@@ -145,4 +133,4 @@ def paired_seed_difference(frame: pd.DataFrame, value: str, treatment: str, base
 
 def test_set(base: TrainConfig, background: str = "random"):
     """``(images, labels, masks)`` of the profile's test split."""
-    return test_data(base, background)
+    return load_split(base, "test", background)

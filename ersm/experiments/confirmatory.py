@@ -13,7 +13,7 @@ Intervals are those of rules v2 at the adjusted level: the seed-level t-interval
 paired difference (claim 01 and the adaptivity rows of 02) or the hull of the two-level
 bootstrap and that t-interval (every image-level row). Orientation: a positive difference
 favours ERSM paper. ``converged`` says which families converged under rules v3
-(``ersm.convergence.assess(..., masks=True)``): ``True``/``False`` for all, or a dict family ->
+(``ersm.study.convergence.assess(..., masks=True)``): ``True``/``False`` for all, or a dict family ->
 bool. A row that reads a family that did not converge becomes ``INCONCLUSIVE (not converged)``,
 numbers kept; the overall verdict is then computed from the rows as they stand (``_result``).
 """
@@ -29,7 +29,7 @@ from ersm.checks import check_count
 from ersm.experiments.common import CONTROLS, DENSE, PAPER
 from ersm.experiments.controls import BUILT_IN, REGULARISER, VS_DENSE
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval, seed_t_interval
-from ersm.verdicts import (INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, SUPPORTED, Claim, check_n_boot, non_inferiority,
+from ersm.study.verdicts import (INCONCLUSIVE, NOT_CONVERGED, NOT_SUPPORTED, SUPPORTED, Claim, check_n_boot, non_inferiority,
                            overall_verdict, superiority)
 
 CONTROL = CONTROLS[PAPER]

@@ -30,7 +30,7 @@ from ersm.experiments import deletion, mask_quality, occlusion
 from ersm.experiments.common import CONTROLS, DENSE, PAPER, paired_seed_difference
 from ersm.experiments.rankings import MAGNITUDE, MASK, MASKED_MAGNITUDE
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
-from ersm.verdicts import RULE_V2_INTERVAL, Claim, number_text
+from ersm.study.verdicts import RULE_V2_INTERVAL, Claim, number_text
 
 VS_DENSE = "ERSM vs dense"
 REGULARISER = "regulariser: ERSM vs its beta=0"

@@ -9,7 +9,7 @@ first (MoRF, RISE deletion: lower is better); plus RISE insertion (higher is bet
 tracked quantity is the softmax probability of the class predicted on the clean image, and a
 curve's score is its trapezoid area.
 
-Rules v2 (`docs/rules.md#04-deletion-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Two primary rankings, each
+Rules v2 (`docs/rules.md#04-deletion-v2`) as amended (v2.4, ``ersm.study.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Two primary rankings, each
 against the pre-mask feature magnitude (``rankings.MAGNITUDE``) of the same ERSM model: the
 total energy (``rankings.ENERGY``, importance ``-E``, the paper's "energy ranking") and the mask
 (``rankings.MASK``, low unary energy first). Protocol: feature space, LeRF (a larger area is
@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ersm.experiments import common
 from ersm.experiments.rankings import ENERGY, MAGNITUDE, MASK, StageView
 from ersm.metrics.deletion import feature_curves, input_curves, trapezoid_auc
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.stats import paired_bootstrap
 from ersm.checks import check_units
-from ersm.verdicts import MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_n_boot, superiority
+from ersm.study.verdicts import MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_n_boot, superiority
 
 # (space, order, mode, fill) -> +1 if a larger area is better, -1 if smaller is better
 PROTOCOLS = {
@@ -58,6 +59,11 @@ PRIMARY_RANKINGS = (ENERGY, MASK)  # each against MAGNITUDE: one verdict row eac
 COMPARED = {MASK: "mask", ENERGY: "energy"}  # ranking -> its short name in comparison_frame's columns
 RANKING_NAMES = {ENERGY: "total-energy (-E) ranking", MASK: "mask (unary-energy) ranking"}
 
+
+def configs(base, params: dict, selected: dict[str, dict]) -> dict[str, list]:
+    """What notebook 04 trains: dense and every ERSM variant with its ``beta = 0`` control at
+    ``SEEDS`` and their ``selected`` settings."""
+    return common.family(base, params["SEEDS"], (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values()), selected)
 
 def protocol_name(protocol: tuple) -> str:
     space, order, mode, fill = protocol

@@ -9,7 +9,7 @@ top-k pixels with k = the object's area. A constant offset carries no location, 
 is shifted to a minimum of 0 per image before the mass share (the other three metrics do not
 change under such a shift).
 
-Rules v2 (`docs/rules.md#05-mask-quality-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Primary metric: per-pixel
+Rules v2 (`docs/rules.md#05-mask-quality-v2`) as amended (v2.4, ``ersm.study.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Primary metric: per-pixel
 AUROC, per seed and test image (``[S, N]``, seeds paired by row, the same images in every
 column). For each strong baseline map (magnitude and Grad-CAM, in the dense model and in the ERSM
 model), the images whose AUROC is NaN in any seed of either map are dropped from that comparison,
@@ -30,7 +30,7 @@ from ersm.experiments import common
 from ersm.metrics.hierarchical import mean_of_seed_means, paired_rule_v2_interval
 from ersm.metrics.localisation import background_mass, energy_pointing, pixel_auroc, pointing_game, topk_iou
 from ersm.checks import check_seed_images
-from ersm.verdicts import (MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_member, check_n_boot, overall_verdict,
+from ersm.study.verdicts import (MIN_UNITS, RULE_V2_INTERVAL, Claim, check_distinct, check_member, check_n_boot, overall_verdict,
                            superiority)
 
 METRICS = ("pointing game", "pointing game (tolerance)", "mass inside object", "pixel AUROC", "top-k IoU")
@@ -55,6 +55,19 @@ def applicable(dataset: str) -> tuple[bool, list[dict]]:
         return True, []
     return False, [common.not_applicable(CLAIM, dataset, "object masks")]
 
+
+def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, list], dict[str, list]]:
+    """What notebook 05 trains: ``(families, spurious)``, both empty where the claim is not
+    applicable. The families are dense and every ERSM variant with its ``beta = 0`` control at
+    ``SEEDS``; ``spurious`` is dense and ERSM paper on the split at ``RHO`` (empty where the dataset
+    has no backgrounds to swap). All at their ``selected`` settings."""
+    if not capabilities(params["DATASET"])["object_masks"]:
+        return {}, {}
+    names = (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values())
+    families = common.family(base, params["SEEDS"], names, selected)
+    spurious = (common.family(base.replace(background_label_correlation=params["RHO"]), params["SEEDS"], (common.DENSE, common.PAPER),
+                              selected) if capabilities(params["DATASET"])["background_swap"] else {})
+    return families, spurious
 
 def shifted(maps: torch.Tensor) -> torch.Tensor:
     """Each map minus its own minimum: ``[N, h, w]``."""

@@ -7,7 +7,7 @@ a texture crop. Square patches favour models trained with square patches (arXiv 
 so the object and grid rows are reported beside them. Area under each robustness curve: the
 trapezoid over the fractions, divided by their range.
 
-Rules v2 (`docs/rules.md#03-occlusion-and-background-reliance-v2`) as amended (v2.4, ``ersm.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Every
+Rules v2 (`docs/rules.md#03-occlusion-and-background-reliance-v2`) as amended (v2.4, ``ersm.study.rules``; v2 was written before the ``full`` run, its amendments after its test scores existed). Every
 interval is the rules v2 interval (``paired_rule_v2_interval``) of per-seed, per-image arrays
 ``[S, N]``: seeds paired by row, the same test images in every column.
 
@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ersm import inference
-from ersm.config import DATASETS
+from ersm.training import inference
+from ersm.training.config import DATASETS
 from ersm.data import capabilities, occlude
 from ersm.experiments import common
 from ersm.experiments.common import DENSE
 from ersm.metrics.hierarchical import mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval
 from ersm.checks import check_seed_images
-from ersm.verdicts import (INCONCLUSIVE, MIN_UNITS, RULE_V2_INTERVAL, Claim, _sorted, check_distinct, check_member,
+from ersm.study.verdicts import (INCONCLUSIVE, MIN_UNITS, RULE_V2_INTERVAL, Claim, _sorted, check_distinct, check_member,
                            check_n_boot, check_number, superiority)
 
 KINDS = ("square", "object", "grid")
@@ -84,6 +84,18 @@ def not_applicable(dataset: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- correctness
+
+def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, list], dict[float, dict[str, list]]]:
+    """What notebook 03 trains: ``(families, spurious)``. The families are dense, dense + Cutout and
+    every ERSM variant with its ``beta = 0`` control at ``SEEDS``; ``spurious`` maps each rho of
+    ``RHOS`` to the ``BACKGROUND_MODELS`` trained on that spurious split (empty where the dataset
+    has no backgrounds to swap). All at their ``selected`` settings."""
+    names = (DENSE, common.CUTOUT, *common.ERSM_MODELS, *common.CONTROLS.values())
+    families = common.family(base, params["SEEDS"], names, selected)
+    rhos = params["RHOS"] if capabilities(params["DATASET"])["background_swap"] else []
+    spurious = {rho: common.family(base.replace(background_label_correlation=rho), params["SEEDS"], params["BACKGROUND_MODELS"],
+                                   selected) for rho in rhos}
+    return families, spurious
 
 def occlusion_correctness(models: dict[str, list], configs: dict[str, list], test, fractions: list[float],
                           kinds=KINDS, fills=FILLS, seed: int = 0, conditions=None) -> dict:

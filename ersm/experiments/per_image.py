@@ -1,4 +1,4 @@
-"""Per-seed, per-image arrays of each claim, flattened for the results archive (``ersm.results``).
+"""Per-seed, per-image arrays of each claim, flattened for the results archive (``ersm.study.results``).
 
 Every image-level interval of a claim notebook is computed from arrays whose first axis is the
 seed and whose last is the test image. They are saved beside the results JSON
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ersm.results import ARRAY_SEPARATOR, array_key
+from ersm.study.results import ARRAY_SEPARATOR, array_key
 
 
 def accuracy_arrays(correct: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -44,13 +44,14 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from ersm.experiments import common
 from ersm.experiments.rankings import MAGNITUDE, stage_view
-from ersm.inference import predict
+from ersm.training.inference import predict
 from ersm.layer import energy_masks
 from ersm.metrics.hierarchical import paired_rule_v2_interval, seed_t_interval
 from ersm.metrics.stats import coefficient_of_variation
 from ersm.checks import check_count, check_seed_images
-from ersm.verdicts import (MIN_UNITS, NOT_SUPPORTED, Claim, check_distinct, check_frame,
+from ersm.study.verdicts import (MIN_UNITS, NOT_SUPPORTED, Claim, check_distinct, check_frame,
                             check_member, check_seed_pairs, overall_verdict, superiority)
 
 SPATIAL_CV_BELOW = 0.01   # uniform
@@ -273,18 +274,25 @@ def sweep_configs(base, sweep: dict[str, list], seed: int, recipe: dict | None =
 
     Returns ``"paper default"`` -> ``[the paper's layer at seed ``seed``]`` and, for every value of
     every field of ``sweep``, ``"<field>=<value>"`` -> ``[the same with that one field changed]``.
-    ``recipe`` (the shared recipe that ``ersm.tuning`` selects on dense: ``lr``, ``weight_decay``)
+    ``recipe`` (the shared recipe that ``ersm.study.tuning`` selects on dense: ``lr``, ``weight_decay``)
     is applied to every row, so the sweep trains like every other model of the notebook; the
-    anchor is then the paper family's tuning trial 0 when ``seed`` is ``ersm.tuning.TRIAL_SEED``.
+    anchor is then the paper family's tuning trial 0 when ``seed`` is ``ersm.study.tuning.TRIAL_SEED``.
     """
     if not isinstance(sweep, dict) or any(not isinstance(values, list) for values in sweep.values()):
         raise ValueError(f"sweep={sweep!r} must map config fields to lists of values")
     if recipe is not None and (not isinstance(recipe, dict) or set(recipe) - {"lr", "weight_decay"}):
-        raise ValueError(f"recipe={recipe!r} must be a dict of lr and weight_decay (ersm.tuning's dense selection)")
+        raise ValueError(f"recipe={recipe!r} must be a dict of lr and weight_decay (ersm.study.tuning's dense selection)")
     default = base.replace(model="paper", seed=seed, lambda_unary=1.0, lambda_pair=1.0, beta=1.0, **(recipe or {}))
     return {"paper default": [default],
             **{f"{key}={value}": [default.replace(**{key: value})] for key, values in sweep.items() for value in values}}
 
+
+def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, list], dict[str, list]]:
+    """What notebook 02 trains: ``(families, sweep)``. The families are dense and every ERSM variant
+    with its ``beta = 0`` control at ``SEEDS`` and their ``selected`` settings; the sweep is
+    ``sweep_configs`` of ``SWEEP`` at ``SWEEP_SEED`` with dense's recipe."""
+    families = common.family(base, params["SEEDS"], (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values()), selected)
+    return families, sweep_configs(base, params["SWEEP"], params["SWEEP_SEED"], recipe=selected["dense"])
 
 def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.Tensor) -> MaskFrame:
     """Per (model, seed): the v2 sparsity statistics of the model's masks on ``images``.

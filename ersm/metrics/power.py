@@ -25,7 +25,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from ersm.checks import check_count
+from ersm.checks import check_count, is_number
 
 
 def seeds_for_noninferiority(sd: float, margin: float, power: float = 0.8, alpha: float = 0.025,
@@ -60,7 +60,7 @@ def noninferiority_power(n: int, sd: float, margin: float, alpha: float = 0.025)
 
 
 def _is_real(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    return is_number(value, finite=False)
 
 
 def _check_positive(name: str, value) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ersm.checks import check_count
+from ersm.checks import check_count, is_number
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -87,7 +87,7 @@ def _as_values(name: str, values) -> np.ndarray:
 
 
 def _check_level(level) -> None:
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+    if not is_number(level) or not 0 < level < 1:
         raise ValueError(f"level={level!r} must be a number in (0, 1)")
 
 

@@ -36,8 +36,8 @@ def audit(event: str, args: tuple) -> None:
 sys.addaudithook(audit)
 
 from ersm.cli import main  # noqa: E402
-from ersm.config import from_dict, parse_assignment  # noqa: E402
-from ersm.train import get_model  # noqa: E402
+from ersm.training.config import from_dict, parse_assignment  # noqa: E402
+from ersm.training.cache import get_model  # noqa: E402
 
 extra = [os.environ["RANK_1_SETS"]] if rank == 1 and os.environ.get("RANK_1_SETS") else []
 argv = ["train"] + [arg for item in settings + extra for arg in ("--set", item)]

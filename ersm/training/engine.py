@@ -4,14 +4,14 @@
 package's backbones, or a model of one's own (a torchvision ResNet with
 ``ersm.insert_energy_mask``, say). The loss is ``cross_entropy + beta * L_reg`` with ``L_reg``
 gathered through :func:`ersm.collect_terms` (``ersm.loss``), so it holds for DataParallel,
-DistributedDataParallel and compiled models alike. ``ersm.train`` (the config-driven model cache)
+DistributedDataParallel and compiled models alike. ``ersm.training.cache`` (the config-driven model cache)
 and ``ersm bench`` run on it; there is no second loop.
 
 What one call does, in this order:
 
-1. checks every argument (``ValueError`` naming the argument and its value, before any work);
+1. checks every argument (``ersm.training.arguments``: ``ValueError`` naming the argument and its value, before any work);
 2. moves the model to ``device``, builds the optimizer and the learning-rate schedule;
-3. with a ``run_dir``: resumes from its verified checkpoint (``ersm.checkpoint``), if any;
+3. with a ``run_dir``: resumes from its verified checkpoint (``ersm.training.checkpoint``), if any;
 4. per epoch: draws the epoch's order (and the batch augmentation) from a generator seeded by
    ``(seed, epoch)``, takes one :func:`train_step` per batch, scores ``validation``, appends a
    record to the history and, with a ``run_dir``, writes the checkpoint and ``metrics.jsonl``.
@@ -46,17 +46,17 @@ went by); with ``validation``: ``val_accuracy`` and, for a model with an Energy-
 model's first layer, on the validation images); and ``seconds``. Histories written before the
 test split was sealed hold ``test_accuracy``, ``mean_mask`` and ``share_mask_below_<t>`` (on the
 test split) instead of the ``val_`` mask statistics; they stay as they were, and readers such as
-``ersm.plots`` take either (:data:`VALIDATION_PREFIX`).
+``ersm.study.plots`` take either (:data:`VALIDATION_PREFIX`).
 
 Several processes: inside a ``torch.distributed`` process group of more than one process
-(``torchrun``; ``ersm.distributed``) the model is wrapped in ``DistributedDataParallel``, each
+(``torchrun``; ``ersm.training.distributed``) the model is wrapped in ``DistributedDataParallel``, each
 process takes its share of every global batch, the epoch's loss terms are summed over all
 processes, rank 0 alone scores ``validation`` (the record is sent to the others)
 and writes ``run_dir``; every process returns the same model.
 
 Numerics: on CUDA the forward pass runs under bfloat16 autocast (``amp=True``) and the loss in
 float32; on the CPU everything is float32. The model's memory format is left as it is
-(``ersm.train`` builds its models ``channels_last``).
+(``ersm.training.cache`` builds its models ``channels_last``).
 
 Failures: a non-finite loss, non-finite features (the EnergyMask's check, ``ersm.layer``) or a
 non-finite learned ``mask_offset`` stop training with ``FloatingPointError`` naming the epoch
@@ -66,7 +66,7 @@ Decisions and deviations:
 
 - ``beta`` is required. A model without any Energy-Mask Layer must get ``beta=0``: a positive
   ``beta`` there is refused (``ValueError``), because its regulariser is identically 0 and the
-  call most likely forgot ``insert_energy_mask``. ``ersm.train`` passes ``beta=0`` for dense
+  call most likely forgot ``insert_energy_mask``. ``ersm.training.cache`` passes ``beta=0`` for dense
   configs.
 - ``optimizer="adamw"`` / ``"sgd"`` and ``scheduler="onecycle"`` are the package's recipe
   (AdamW; SGD with Nesterov momentum 0.9; OneCycleLR over all steps with 20% warm-up, peak
@@ -79,7 +79,6 @@ Decisions and deviations:
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -91,20 +90,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ersm import distributed
-from ersm.checkpoint import load_checkpoint, save_checkpoint
-from ersm.inference import predict
+from ersm.training import distributed
+from ersm.training.checkpoint import load_checkpoint, save_checkpoint
+from ersm.training.inference import predict
 from ersm.collection import collect_terms
 from ersm.layer import energy_masks
 from ersm.loss import Objective, ersm_objective
 from ersm.paths import atomic_write_text
-from ersm import devices
-from ersm.seeding import derived_seed
+from ersm.training.arguments import check_fit_arguments, describe
+from ersm.training.seeding import derived_seed
 
 MASK_THRESHOLDS = (0.05, 0.1, 0.25)
 VALIDATION_PREFIX = "val_"  # history keys of the validation scores: val_accuracy, val_mean_mask, ...
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("onecycle", None)
 DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 3e-3, 5e-4
 EVAL_BATCH = 500
 
@@ -193,10 +190,10 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
         optimizer, lr, weight_decay, scheduler: the recipe (module docstring); ``lr`` defaults
             to 3e-3 and ``weight_decay`` to 5e-4.
         augment: ``augment(x [B, C, H, W], generator) -> x`` for tensor data (e.g.
-            ``functools.partial(ersm.augment.cutout, size=16)``-like callables).
+            ``functools.partial(ersm.training.augment.cutout, size=16)``-like callables).
         seed: seeds each epoch's order and augmentation, ``(seed, epoch)``. Weights are
             initialised by the caller; for bit-reproducible runs call
-            ``ersm.seeding.seed_everything`` before building the model.
+            ``ersm.training.seeding.seed_everything`` before building the model.
         device: where to train; ``None`` keeps the model's device, else ``"auto"``, ``"cpu"``,
             ``"cuda"`` or a ``torch.device``.
         amp: bfloat16 autocast on CUDA.
@@ -206,24 +203,24 @@ def fit(model: nn.Module, data, *, epochs: int, beta: float, batch_size: int = 6
             split, so that no training or tuning decision can see it; the test split is for
             the claim notebooks only. Kept in the signature to say so clearly to older callers.
         run_dir: folder for the resumable checkpoint and ``metrics.jsonl``; ``None`` writes nothing.
-        checkpoint_extra: more entries for the checkpoint (``ersm.train`` stores its config).
+        checkpoint_extra: more entries for the checkpoint (``ersm.training.cache`` stores its config).
         name: names the run in progress bars and error messages.
         progress: per-epoch progress bars (default: when stderr is a terminal).
         stop_after_epoch: end after this epoch's checkpoint, as if killed (for tests).
         num_workers: DataLoader workers for Dataset data.
         draws_after_scoring: numbers drawn from torch's global CPU generator, and discarded,
             after each epoch's scoring (by the process that scores), in place of evaluations
-            that no longer run. ``ersm.train`` passes 1 for Dataset data: there it used to
+            that no longer run. ``ersm.training.cache`` passes 1 for Dataset data: there it used to
             score the test split too, whose DataLoader drew one number per epoch, and layers
             that draw training noise from that generator (``"hardconcrete"``) would otherwise
             train to other weights than the ones their config hash names.
     """
     if test is not _TEST_REFUSED:
-        raise ValueError(f"test={_describe(test)}: fit never scores the test split, so that no training or tuning "
+        raise ValueError(f"test={describe(test)}: fit never scores the test split, so that no training or tuning "
                          "decision (convergence, trial selection, the training curves) can have seen it; the test "
                          "split is for the claim notebooks only, after training. Pass validation=... for per-epoch "
                          "scores (val_accuracy and the val_ mask statistics)")
-    plan = _check_arguments(model, data, epochs=epochs, beta=beta, batch_size=batch_size, optimizer=optimizer, lr=lr,
+    plan = check_fit_arguments(model, data, epochs=epochs, beta=beta, batch_size=batch_size, optimizer=optimizer, lr=lr,
                             weight_decay=weight_decay, scheduler=scheduler, augment=augment, seed=seed, device=device,
                             amp=amp, validation=validation, run_dir=run_dir, name=name, progress=progress,
                             stop_after_epoch=stop_after_epoch, num_workers=num_workers,
@@ -346,7 +343,7 @@ def check_mask_offsets(run: _Run, epoch: int, step: int) -> None:
 def epoch_batches(data, epoch: int, *, seed: int, batch_size: int, augment: Callable | None = None,
                   num_workers: int = 0, rank: int = 0, world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's ``(x [B, C, H, W], y [B])`` batches on the CPU, in the engine's order (module
-    docstring); with ``world_size > 1``, process ``rank``'s share of each (``ersm.distributed.shard``)."""
+    docstring); with ``world_size > 1``, process ``rank``'s share of each (``ersm.training.distributed.shard``)."""
     if isinstance(data, (tuple, list)):
         return _tensor_batches(data[0], data[1], epoch, seed, batch_size, augment, rank, world_size)
     if isinstance(data, Dataset):
@@ -431,149 +428,3 @@ def _restore_rng(state: dict | None, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# --- argument checks ------------------------------------------------------------------------------
-
-class _Plan(NamedTuple):
-    device: torch.device
-    steps_per_epoch: int
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _describe(value) -> str:
-    """A short description of an argument's value for an error message (never a tensor's contents)."""
-    if isinstance(value, torch.Tensor):
-        return f"Tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (tuple, list)):
-        return f"{type(value).__name__} of {len(value)} item(s)"
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return repr(value)
-    return type(value).__name__
-
-
-def _check_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr, weight_decay, scheduler, augment, seed,
-                     device, amp, validation, run_dir, name, progress, stop_after_epoch, num_workers,
-                     draws_after_scoring) -> _Plan:
-    """Every argument of :func:`fit`, checked before any work; returns the device and steps per epoch."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model={type(model).__name__} must be a torch.nn.Module")
-    for argument, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
-                                 ("num_workers", num_workers, 0), ("draws_after_scoring", draws_after_scoring, 0)):
-        if not _is_int(value) or value < low:
-            raise ValueError(f"{argument}={value!r} must be an integer >= {low}")
-    if stop_after_epoch is not None and (not _is_int(stop_after_epoch) or stop_after_epoch < 1):
-        raise ValueError(f"stop_after_epoch={stop_after_epoch!r} must be None or an integer >= 1")
-    if not _is_number(beta) or beta < 0:
-        raise ValueError(f"beta={beta!r} must be a finite number >= 0")
-    if beta > 0 and not energy_masks(model):
-        raise ValueError(f"beta={beta!r} but the model holds no EnergyMask, so there is no regulariser to weigh; "
-                         "pass beta=0 for a dense model, or add the layer with ersm.insert_energy_mask")
-    if isinstance(optimizer, torch.optim.Optimizer):
-        if lr is not None or weight_decay is not None:
-            given = "lr" if lr is not None else "weight_decay"
-            raise ValueError(f"{given}={lr if lr is not None else weight_decay!r} applies to optimizer='adamw' or 'sgd'; "
-                             "set it in the optimizer instance instead")
-        owned = {id(p) for p in model.parameters()}
-        if not any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
-            raise ValueError("optimizer holds none of the model's parameters")
-    elif optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} must be one of {OPTIMIZERS} or a torch.optim.Optimizer")
-    if lr is not None and (not _is_number(lr) or lr <= 0):
-        raise ValueError(f"lr={lr!r} must be a finite number > 0")
-    if weight_decay is not None and (not _is_number(weight_decay) or weight_decay < 0):
-        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
-    if scheduler not in SCHEDULERS and not hasattr(scheduler, "step"):
-        raise ValueError(f"scheduler={scheduler!r} must be 'onecycle', None or a learning-rate scheduler")
-    if augment is not None and not callable(augment):
-        raise ValueError(f"augment={augment!r} must be callable: augment(x, generator) -> x")
-    for argument, value in (("amp", amp), ("progress", progress)):
-        if not isinstance(value, bool) and not (argument == "progress" and value is None):
-            raise ValueError(f"{argument}={value!r} must be a bool")
-    if not isinstance(name, str):
-        raise ValueError(f"name={name!r} must be a str")
-    if run_dir is not None and not isinstance(run_dir, (str, Path)):
-        raise ValueError(f"run_dir={run_dir!r} must be a path or None")
-    device = _device(model, device)
-    steps = _check_data("data", data, model, batch_size, training=True)
-    if augment is not None and not isinstance(data, (tuple, list)):
-        raise ValueError(f"augment={augment!r} applies to tensor data only; put per-item augmentation into the "
-                         f"Dataset (data={type(data).__name__}), e.g. ersm.data.SeededTransform")
-    if validation is not None:
-        _check_data("validation", validation, model, batch_size, training=False)
-    return _Plan(device, steps)
-
-
-def _check_channels(what: str, found: int, shape: str, channels: int | None) -> None:
-    """Refuse images whose channel count differs from the model's first convolution (``None``: unknown)."""
-    if channels is not None and found != channels:
-        raise ValueError(f"{what} have {found} channels{shape}, but the model's first convolution expects {channels}")
-
-
-def _device(model: nn.Module, device) -> torch.device:
-    return devices.parse(device, model)
-
-
-def input_channels(model: nn.Module) -> int | None:
-    """The channels the model's first convolution expects (``None`` without a Conv2d)."""
-    first = next((module for module in model.modules() if isinstance(module, nn.Conv2d)), None)
-    return None if first is None else first.in_channels
-
-
-def _output_classes(model: nn.Module) -> int | None:
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    return None if last is None else last.out_features
-
-
-def _check_data(argument: str, data, model: nn.Module, batch_size: int, training: bool) -> int:
-    """Shapes, dtypes, channels and labels of ``data``; returns its steps per epoch."""
-    channels = input_channels(model)
-    if isinstance(data, torch.Tensor):
-        raise ValueError(f"{argument}=Tensor of shape {tuple(data.shape)}: pass (images, labels) tensors, a Dataset "
-                         "or an iterable of (x, y) batches")
-    if isinstance(data, (tuple, list)):
-        if len(data) not in (2, 3) or not all(isinstance(t, torch.Tensor) for t in data[:2]):
-            raise ValueError(f"{argument} must be (images [N, C, H, W], labels [N][, masks]) tensors, a Dataset or "
-                             f"an iterable of batches; got a {type(data).__name__} of {len(data)} item(s)")
-        images, labels = data[0], data[1]
-        if images.dim() != 4 or not images.is_floating_point():
-            raise ValueError(f"{argument}: images must be a float tensor [N, C, H, W], got {images.dtype} of shape "
-                             f"{tuple(images.shape)}")
-        if labels.dim() != 1 or labels.dtype != torch.int64 or len(labels) != len(images):
-            raise ValueError(f"{argument}: labels must be an int64 tensor [N] with N={len(images)}, got {labels.dtype} "
-                             f"of shape {tuple(labels.shape)}")
-        if len(images) == 0:
-            raise ValueError(f"{argument} holds no images")
-        classes = _output_classes(model)
-        if classes is not None and (labels.min() < 0 or labels.max() >= classes):
-            raise ValueError(f"{argument}: labels run from {labels.min().item()} to {labels.max().item()}, but the "
-                             f"model has {classes} outputs")
-        _check_channels(f"{argument}: images", images.shape[1], f" (shape {tuple(images.shape)})", channels)
-        return math.ceil(len(images) / batch_size)
-    if isinstance(data, Dataset):
-        if not hasattr(data, "__len__"):
-            raise ValueError(f"{argument}={type(data).__name__} must be a map-style Dataset with a length")
-        if len(data) == 0:
-            raise ValueError(f"{argument}={type(data).__name__} holds no items")
-        image = data[0][0]
-        if not isinstance(image, torch.Tensor) or image.dim() != 3:
-            raise ValueError(f"{argument}={type(data).__name__}: items must start with an image tensor [C, H, W], "
-                             f"got {type(image).__name__}")
-        _check_channels(f"{argument}={type(data).__name__}: images", image.shape[0], "", channels)
-        return math.ceil(len(data) / batch_size)
-    if not training or not isinstance(data, Iterable) or not hasattr(data, "__len__"):
-        kinds = "tensors or a Dataset" if not training else "tensors, a Dataset or an iterable of batches with len()"
-        raise ValueError(f"{argument}={type(data).__name__} must be {kinds}")
-    if len(data) == 0:
-        raise ValueError(f"{argument}={type(data).__name__} gives no batches")
-    return len(data)

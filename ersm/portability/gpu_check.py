@@ -15,9 +15,9 @@ The steps (:data:`STEPS`; ``part`` numbers the parts of issue 32):
 2. **Full-size models.** The ``full`` profile's dense and ERSM paper SmallCNNs, seed 0, with the
    configs of the committed CPU models (``results/full/01_training.json``'s ``trained_on``
    names each (model, seed)'s folder in ``models/full``), trained on CUDA with AMP through
-   :func:`ersm.train.train` into a scratch folder. Compared on the **validation** split, never the
+   :func:`ersm.training.cache.train` into a scratch folder. Compared on the **validation** split, never the
    test split (the test split is for the claim notebooks only; training scores validation only,
-   ``ersm.engine``): the CUDA model's final-epoch ``val_accuracy`` from its training history
+   ``ersm.training.engine``): the CUDA model's final-epoch ``val_accuracy`` from its training history
    against the final-epoch ``val_accuracy`` of the committed CPU models of the same config, one per
    seed (seeds 0-9, the histories in their verified checkpoints). The pass rule
    (:func:`compare_accuracy`): within :data:`ACCURACY_SDS` seed SDs of the CPU models' mean over
@@ -25,7 +25,7 @@ The steps (:data:`STEPS`; ``part`` numbers the parts of issue 32):
    only if the validation split is the one the CPU models were scored on
    (:data:`REFERENCE_VALIDATION_SPLIT`). Also: seconds per model, training images per second, peak
    memory.
-3. **Warm throughput.** ``ersm warm``'s trainer (``ersm.plan._train``, what ``--jobs N`` runs)
+3. **Warm throughput.** ``ersm warm``'s trainer (``ersm.study.plan._train``, what ``--jobs N`` runs)
    on N full-size models at once, N in :data:`THROUGHPUT_JOBS`, into a scratch model cache:
    models per minute by the wall clock (each worker's start-up included: every worker trains
    one model) and in the steady state (from the epochs' own times), and the device memory in
@@ -83,9 +83,10 @@ from typing import NamedTuple
 
 import torch
 
-from ersm.config import TrainConfig, from_dict
+from ersm.checks import is_number
+from ersm.training.config import TrainConfig, from_dict
 from ersm.paths import PACKAGE_DIR, atomic_write_text, repo_root, write_between_markers
-from ersm.profiles import PROFILE_NAMES
+from ersm.study.profiles import PROFILE_NAMES
 
 BUDGET_SECONDS = 480.0      # issue 32: all of `make gpu-check` in at most 8 minutes of device time
 RESERVE_SECONDS = 10.0      # kept back from the budget for the record and the summary
@@ -106,8 +107,8 @@ ESTIMATED_PROFILES = ("full", "confirm")
 # its labels' SHA-256 (16 hex digits) and mean pixel. Other numpy or scikit-image versions could draw other digits on a
 # GPU machine, and then the accuracies would not compare. Computed on the CPU (2-core Intel Xeon, portable kernels;
 # numpy 2.4.6, scikit-image 0.26.0, mlxtend 0.25.0, torch 2.14.1, the pins of pyproject.toml) from the committed data:
-#     from ersm import gpu_check; from ersm.train import validation_data
-#     images, labels, _ = validation_data(gpu_check.reference_models()[0].config)  # 1,000 images
+#     from ersm.portability import gpu_check; from ersm.data import load_split
+#     images, labels, _ = load_split(gpu_check.reference_models()[0].config, "validation")  # 1,000 images
 #     gpu_check.split_fingerprint(images, labels)
 # tests/test_gpu_check.py recomputes it the same way and compares, so it cannot drift silently.
 REFERENCE_VALIDATION_SPLIT = {"labels_sha256": "811541686a59af65", "pixel_mean": 0.31500875237016934}
@@ -309,10 +310,10 @@ def reference_models(root: Path | None = None) -> list[Reference]:
 
 
 def verified_history(run_dir: Path) -> list[dict]:
-    """The per-epoch training history in ``run_dir``'s verified checkpoint (``ersm.checkpoint``; the same
+    """The per-epoch training history in ``run_dir``'s verified checkpoint (``ersm.training.checkpoint``; the same
     records as its ``metrics.jsonl``). A committed model is never discarded: a checkpoint that fails
     verification is left in place and refused with a ValueError naming it."""
-    from ersm.checkpoint import load_checkpoint
+    from ersm.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir, discard=False)
     if state is None or not state.get("history"):
@@ -346,7 +347,7 @@ def compare_accuracy(cuda_accuracy: float, cpu_accuracy: float, seed_accuracies:
             or not all(is_percent(value) for value in seed_accuracies)):
         raise ValueError(f"seed_accuracies={seed_accuracies!r} must list at least 2 seeds' accuracies in percent for a "
                          "mean and a spread")
-    if isinstance(sds, bool) or not isinstance(sds, (int, float)) or not 0 < sds < math.inf:
+    if not is_number(sds) or not 0 < sds:
         raise ValueError(f"sds={sds!r} must be a number > 0")
     mean, spread = statistics.fmean(seed_accuracies), statistics.stdev(seed_accuracies)
     difference = cuda_accuracy - mean
@@ -359,7 +360,7 @@ def compare_accuracy(cuda_accuracy: float, cpu_accuracy: float, seed_accuracies:
 
 
 def is_percent(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 100
+    return is_number(value, finite=False) and 0 <= value <= 100
 
 
 def split_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -458,7 +459,7 @@ def run_child(argv: list[str], deadline: Deadline, log: Path, result: Path | Non
 
 def unit_argv(kind: str, spec: Path, out: Path) -> list[str]:
     """The command line of one unit of work (``unit_main``) in a fresh Python."""
-    return [sys.executable, "-m", "ersm.gpu_check", "unit", kind, str(spec), str(out)]
+    return [sys.executable, "-m", "ersm.portability.gpu_check", "unit", kind, str(spec), str(out)]
 
 
 def step_record(step: Step, outcome: Outcome, **extra) -> dict:
@@ -548,7 +549,7 @@ def throughput_step(references: list[Reference], jobs: int, deadline: Deadline, 
 
 
 def device_provenance() -> dict:
-    from ersm.results import device_description, git_state, versions
+    from ersm.study.results import device_description, git_state, versions
 
     properties = torch.cuda.get_device_properties(0)
     return {**git_state(), "versions": versions(), "device": device_description("cuda"),
@@ -610,7 +611,7 @@ def add_step(record: dict, deadline: Deadline, done: dict) -> None:
 
 
 def write_record(record: dict) -> Path:
-    from ersm.results import json_safe
+    from ersm.study.results import json_safe
 
     path = check_path()
     atomic_write_text(path, json.dumps(json_safe(record), indent=1, sort_keys=True, allow_nan=False) + "\n")
@@ -620,10 +621,10 @@ def write_record(record: dict) -> Path:
 # --- the units of work, each in its own process ----------------------------------------------------------
 
 def train_unit(spec: dict) -> dict:
-    """One full-size model on CUDA (``ersm.train.train``): seconds, images per second, peak memory, and its
+    """One full-size model on CUDA (``ersm.training.cache.train``): seconds, images per second, peak memory, and its
     validation accuracy (%) with the validation split's fingerprint (:func:`score_validation`). The test
     split is not loaded."""
-    from ersm.train import train
+    from ersm.training.cache import train
 
     config, run_dir = from_dict(spec["config"]), Path(spec["run_dir"])
     if config.torch_device().type != "cuda":
@@ -643,11 +644,11 @@ def score_validation(config: TrainConfig, run_dir: Path) -> dict:
     """The scores of the model trained in ``run_dir`` that step 2 compares, read as the CPU models' are:
     ``validation_accuracy`` (%), the final-epoch ``val_accuracy`` of its training history (scored by the
     engine on the training device), and ``validation_split``, the fingerprint of the validation split it
-    was scored on (``ersm.train.validation_data``); also ``epoch_seconds``, the epochs' own times. Reads
+    was scored on (``ersm.data.load_split(config, "validation")``); also ``epoch_seconds``, the epochs' own times. Reads
     the training history and the validation split only, never the test split."""
-    from ersm.train import validation_data
+    from ersm.data import load_split
 
-    images, labels, _ = validation_data(config)
+    images, labels, _ = load_split(config, "validation")
     history = verified_history(run_dir)
     return {"validation_accuracy": final_validation_accuracy(history, config, run_dir),
             "validation_split": split_fingerprint(images, labels),
@@ -682,10 +683,10 @@ class MemorySampler:
 
 
 def throughput_unit(spec: dict) -> dict:
-    """``jobs`` models through ``ersm.plan._train`` (what ``ersm warm --jobs`` runs); the cache is ``ERSM_CACHE``."""
-    from ersm.checkpoint import load_checkpoint
+    """``jobs`` models through ``ersm.study.plan._train`` (what ``ersm warm --jobs`` runs); the cache is ``ERSM_CACHE``."""
+    from ersm.training.checkpoint import load_checkpoint
     from ersm.paths import cache_dir
-    from ersm.plan import _train
+    from ersm.study.plan import _train
 
     if not os.environ.get("ERSM_CACHE"):
         raise ValueError("ERSM_CACHE is not set: the throughput unit trains into a scratch model cache, never the real one")
@@ -711,8 +712,8 @@ UNITS = {"train": train_unit, "throughput": throughput_unit}
 
 
 def unit_main(argv: list[str]) -> int:
-    """``python -m ersm.gpu_check unit KIND SPEC OUT``: run one unit of work, write its result to OUT."""
-    parser = argparse.ArgumentParser(prog="python -m ersm.gpu_check unit")
+    """``python -m ersm.portability.gpu_check unit KIND SPEC OUT``: run one unit of work, write its result to OUT."""
+    parser = argparse.ArgumentParser(prog="python -m ersm.portability.gpu_check unit")
     parser.add_argument("kind", choices=sorted(UNITS))
     parser.add_argument("spec", type=Path)
     parser.add_argument("out", type=Path)
@@ -803,5 +804,5 @@ def update_readme(check_file: Path | None = None, readme: Path | None = None) ->
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["unit"]:
-        raise SystemExit("usage: python -m ersm.gpu_check unit KIND SPEC OUT (the check itself: ersm gpu-check)")
+        raise SystemExit("usage: python -m ersm.portability.gpu_check unit KIND SPEC OUT (the check itself: ersm gpu-check)")
     sys.exit(unit_main(sys.argv[2:]))

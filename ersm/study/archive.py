@@ -7,7 +7,7 @@ cache entry to a folder that can be committed (the repository keeps the ``full``
 so that a new machine resumes the run, or runs the notebooks, without training them again.
 
 An exported entry is the cache entry (``<digest>/`` with ``config.json``, ``metrics.jsonl``,
-``sessions.jsonl`` and a checkpoint with its manifest, ``ersm.checkpoint``) whose checkpoint
+``sessions.jsonl`` and a checkpoint with its manifest, ``ersm.training.checkpoint``) whose checkpoint
 keeps only the weights, the per-epoch history and the config: the optimizer, scheduler and
 random-number states serve only to resume an unfinished run, and dropping them makes it a third
 of the size. Loading it gives the same model and history as the original entry.
@@ -34,8 +34,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ersm.checkpoint import MANIFEST, PAYLOAD, load_checkpoint, save_checkpoint
-from ersm.config import from_dict
+from ersm.training.checkpoint import MANIFEST, PAYLOAD, load_checkpoint, save_checkpoint
+from ersm.training.config import from_dict
 from ersm.paths import cache_dir
 
 KEPT_STATE = ("epoch", "model", "history", "config", "world_size")

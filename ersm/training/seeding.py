@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from ersm.numerics import DEFAULT_THREADS, thread_count  # noqa: F401  (re-exported)
+from ersm.portability.numerics import DEFAULT_THREADS, thread_count  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:

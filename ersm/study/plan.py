@@ -1,6 +1,6 @@
 """Every model a profile's notebooks train, phase by phase, and ``warm``: train them ahead of the notebooks.
 
-The notebooks train what they need through the cache (``ersm.train.get_model``), one model at a
+The notebooks train what they need through the cache (``ersm.training.cache.get_model``), one model at a
 time. ``ersm warm --profile P`` trains the same models first, several at once with ``--jobs N``
 (on a GPU, where small CNNs are bound by kernel launches and several processes share the card),
 so that ``ersm reproduce --profile P`` afterwards only loads them. A test runs ``warm`` and then
@@ -8,19 +8,19 @@ the notebooks on fixture data and checks that the notebooks trained nothing more
 
 The phases follow the notebooks and build their configs with the same functions:
 
-1. ``dense trials``: the tuning trials of dense (``ersm.tuning``), which choose the shared recipe;
+1. ``dense trials``: the tuning trials of dense (``ersm.study.tuning``), which choose the shared recipe;
 2. ``ERSM trials``: every ERSM family's trials with that recipe;
 3. ``final models``: every family at its selection and every seed (notebook 01, with dense and
    the ERSM variants at its ``ACCURACY_SEEDS``; 02-05 use subsets of them), notebook 02's sweep, and notebook 03's spurious-split families at each rho
    where the dataset has backgrounds to swap, and notebook 05's (``RHO``, dense and the paper's
    layer; in every profile one of 03's);
 4. ``longer runs``: the convergence rule's 1.5x-longer run of each family whose seeds all fit
-   (``ersm.convergence.fit_cross_entropy``; ``ersm.convergence.assess`` trains it in notebooks 01
+   (``ersm.study.convergence.fit_cross_entropy``; ``ersm.study.convergence.assess`` trains it in notebooks 01
    and 03; families that do not fit get none).
 
 A phase reads the cache that the phases before it filled, so it is built only when they are
 done. ``jobs > 1`` trains in worker processes (spawned, so CUDA works); each keeps the fixed
-thread count of ``ersm.seeding`` (so weights do not depend on ``jobs``), which oversubscribes a
+thread count of ``ersm.training.seeding`` (so weights do not depend on ``jobs``), which oversubscribes a
 small CPU: on the CPU use one job.
 """
 from __future__ import annotations
@@ -30,36 +30,33 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable, Iterator
 
-from ersm import convergence, tuning
+from ersm.study import convergence, tuning
 from ersm.checks import check_count
-from ersm.config import TrainConfig, from_dict
-from ersm.data import capabilities
-from ersm.experiments import accuracy, common, sparsity
-from ersm.train import get_model, is_cached, training_history
-from ersm.profiles import CONFIRM_PROFILES, PROFILE_NAMES, parameters
+from ersm.training.config import TrainConfig, from_dict
+from ersm.experiments import accuracy, deletion, mask_quality, occlusion, sparsity
+from ersm.study.setup import base_of
+from ersm.training.cache import get_model, is_cached, training_history
+from ersm.study.profiles import CONFIRM_PROFILES, PROFILE_NAMES, parameters
 
-NOTEBOOK_PARAMETERS = ("01_training", "02_emergent_sparsity", "03_occlusion_robustness", "05_mask_quality")
-
-
-def base_of(params: dict) -> TrainConfig:
-    """The base config every notebook builds from its parameters."""
-    return common.base_config(params["CANVAS"], params["N_TRAIN"], params["N_TEST"], params["EPOCHS"], dataset=params["DATASET"],
-                              backbone=params["BACKBONE"], n_val=params["N_VAL"], width=params["WIDTH"], device=params["DEVICE"])
+NOTEBOOK_PARAMETERS = ("01_training", "02_emergent_sparsity", "03_occlusion_robustness", "04_deletion_vs_magnitude",
+                       "05_mask_quality")
 
 
 def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters) -> Iterator[tuple[str, list[TrainConfig]]]:
     """``(phase name, configs)`` in training order; each phase is built after the previous one is trained.
-    A confirmatory profile's phases are rules v3's (``ersm.confirm.phases``)."""
+    The final models are the union of the five claim modules' ``configs`` (what each notebook trains).
+    A confirmatory profile's phases are rules v3's (``ersm.study.confirm.phases``)."""
     if profile in CONFIRM_PROFILES:
-        from ersm import confirm
+        from ersm.study import confirm
         yield from confirm.phases(profile)
         return
     if profile not in PROFILE_NAMES:
         raise ValueError(f"profile={profile!r} is unknown; choose one of {list(PROFILE_NAMES) + list(CONFIRM_PROFILES)}")
-    first, sweep_params, occlusion_params, quality_params = (parameters_for(stem, profile) for stem in NOTEBOOK_PARAMETERS)
-    base, seeds, trials = base_of(first), first["SEEDS"], first["TUNING_TRIALS"]
-    for stem, params in zip(NOTEBOOK_PARAMETERS[1:], (sweep_params, occlusion_params, quality_params)):
-        if base_of(params) != base or params["SEEDS"] != seeds or params["TUNING_TRIALS"] != trials:
+    params = {stem: parameters_for(stem, profile) for stem in NOTEBOOK_PARAMETERS}
+    first = params["01_training"]
+    base, trials = base_of(first), first["TUNING_TRIALS"]
+    for stem, given in params.items():
+        if base_of(given) != base or given["SEEDS"] != first["SEEDS"] or given["TUNING_TRIALS"] != trials:
             raise ValueError(f"{stem} has other base parameters than 01_training for profile={profile!r}; "
                              f"the notebooks must share their models")
     yield "dense trials", tuning.trial_configs(base, "dense", trials)
@@ -67,16 +64,17 @@ def phases(profile: str, parameters_for: Callable[[str, str], dict] = parameters
     yield "ERSM trials", [c for name, runs in tuning.trials_by_family(base, trials, dense).items() if name != "dense trials"
                           for c in runs]
     selected, _ = tuning.tune(base, trials)
-    finals = accuracy.claim_families(base, seeds, first["ACCURACY_SEEDS"], selected)
-    spurious = {}
-    if capabilities(first["DATASET"])["background_swap"]:
-        wanted = [(rho, name) for rho in occlusion_params["RHOS"] for name in occlusion_params["BACKGROUND_MODELS"]]
-        wanted += [(quality_params["RHO"], name) for name in (common.DENSE, common.PAPER)]   # notebook 05's spurious split
-        for rho, name in dict.fromkeys(wanted):
-            spurious[f"{name}, rho={rho}"] = common.family(base.replace(background_label_correlation=rho), seeds, [name],
-                                                          selected)[name]
-    sweep = sparsity.sweep_configs(base, sweep_params["SWEEP"], sweep_params["SWEEP_SEED"], recipe=selected["dense"])
-    yield "final models", [c for group in (finals, sweep, spurious) for runs in group.values() for c in runs]
+    finals = accuracy.configs(base, first, selected)
+    sparsity_families, sweep = sparsity.configs(base, params["02_emergent_sparsity"], selected)
+    occlusion_families, spurious_by_rho = occlusion.configs(base, params["03_occlusion_robustness"], selected)
+    deletion_families = deletion.configs(base, params["04_deletion_vs_magnitude"], selected)
+    quality_families, quality_spurious = mask_quality.configs(base, params["05_mask_quality"], selected)
+    rho = params["05_mask_quality"]["RHO"]
+    spurious = {f"{name}, rho={r}": runs for r, group in spurious_by_rho.items() for name, runs in group.items()}
+    spurious |= {f"{name}, rho={rho}": runs for name, runs in quality_spurious.items()}
+    every = [c for group in (finals, sparsity_families, sweep, occlusion_families, deletion_families, quality_families, spurious)
+             for runs in group.values() for c in runs]
+    yield "final models", list({c.digest(): c for c in every}.values())
     fitting = {name: runs for name, runs in {**finals, **spurious}.items()
                if all(convergence.fits(config, training_history(config)[-1]) for config in runs)}
     yield "longer runs", [c for runs in convergence.longer_runs(fitting).values() for c in runs]

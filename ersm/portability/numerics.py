@@ -23,7 +23,7 @@ threads, deterministic algorithms), each of these changes the weights of a small
 ATen at AVX2, MKL at ``COMPATIBLE,STRICT`` (``STRICT``: independent of memory alignment), oneDNN
 and NNPACK off, so convolutions run as ATen's im2col + MKL GEMM; OpenBLAS at its ``Haswell``
 kernels and numpy without its AVX-512 loops (both exist on every AVX2 CPU). The thread count is
-fixed by :func:`ersm.seeding.seed_everything`. The price is speed: a SmallCNN training step took about
+fixed by :func:`ersm.training.seeding.seed_everything`. The price is speed: a SmallCNN training step took about
 2.5x as long as with native kernels (measured side by side, 2026-11; README, Performance).
 ``ERSM_KERNELS=native`` opts out for speed; results then depend on the CPU and say so in their
 provenance.

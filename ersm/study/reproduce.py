@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, results_dir, runs_dir, write_between_markers
-from ersm.profiles import PROFILE_NAMES, parameters, validate
-from ersm.verdicts import claims_markdown
+from ersm.study.profiles import PROFILE_NAMES, parameters, validate
+from ersm.study.verdicts import claims_markdown
 
 
 def notebook_paths(notebooks_dir: Path, only: str | None = None) -> list[Path]:
@@ -82,7 +82,7 @@ PROFILE_CELL = "**Profile.**"
 def profile_note(profile: str, stem: str) -> str:
     """The ``**Profile.**`` cell of a notebook executed for ``profile`` (not ``ci``)."""
     return (f"{PROFILE_CELL} The outputs stored here are the `{profile}` profile, run by `ersm reproduce --profile "
-            f"{profile}`: its parameters are in the cell tagged `injected-parameters` below (`ersm/profiles.py`), and "
+            f"{profile}`: its parameters are in the cell tagged `injected-parameters` below (`ersm/study/profiles.py`), and "
             f"its provenance (commit, package versions, device, CPU kernels, wall time) in `results/{profile}/{stem}.json`. "
             f"The notebook in `notebooks/` holds the `ci` outputs, a smoke test that `pytest --nbval` re-executes.")
 
@@ -118,7 +118,7 @@ def gather(profile: str, notebooks: list[str], executed: bool = True) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{stem} ran but wrote no results JSON at {path}")
         atomic_write_bytes(target / path.name, path.read_bytes())
-        arrays = path.with_suffix(".npz")  # the per-image arrays (ersm.results), where the notebook wrote them
+        arrays = path.with_suffix(".npz")  # the per-image arrays (ersm.study.results), where the notebook wrote them
         if arrays.exists():
             atomic_write_bytes(target / arrays.name, arrays.read_bytes())
         if executed:

@@ -1,6 +1,6 @@
 """Seaborn figure helpers shared by the notebooks. Each returns a matplotlib Figure.
 
-Per-epoch histories (``ersm.engine``): training scores the validation split only, so a history
+Per-epoch histories (``ersm.training.engine``): training scores the validation split only, so a history
 holds ``val_accuracy`` and, for an ERSM model, the mask statistics ``val_mean_mask`` and
 ``val_share_mask_below_<t>``. Histories recorded before the test split was sealed hold the same
 statistics on the test split, under ``mean_mask`` and ``share_mask_below_<t>`` (and a
@@ -25,7 +25,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ersm.checks import check_count
-from ersm.engine import MASK_THRESHOLDS, VALIDATION_PREFIX
+from ersm.training.engine import MASK_THRESHOLDS, VALIDATION_PREFIX
 from ersm.experiments.sparsity import relative_mask
 from ersm.paths import atomic_write_bytes, figures_dir
 

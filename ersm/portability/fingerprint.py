@@ -1,11 +1,11 @@
 """A fingerprint of the CPU numerics training depends on: ``python -m ersm fingerprint``.
 
 Renders 128 images of the cluttered-digits benchmark (numpy, OpenBLAS, scikit-image and torch's
-resampling), trains a tiny SmallCNN with an Energy-Mask Layer on them for 30 AdamW steps (``ersm.engine.train_step``,
+resampling), trains a tiny SmallCNN with an Energy-Mask Layer on them for 30 AdamW steps (``ersm.training.engine.train_step``,
 the step every training run takes), and
 hashes the images and the weights. Two machines that print the same hash run the same floating-point
 kernels for everything the notebooks train; a different hash means every committed number
-may differ. ``REFERENCE`` holds the hash of portable mode (ersm/numerics.py) per torch
+may differ. ``REFERENCE`` holds the hash of portable mode (ersm/portability/numerics.py) per torch
 version, measured where the committed ``ci`` notebooks were executed; ``OTHER_CPUS`` the
 portable-mode hashes measured on CPUs that compute differently all the same.
 
@@ -17,22 +17,22 @@ automatic one; the cause is not found. ``reference_problem`` therefore tells, be
 runs, whether this CPU can reproduce the committed outputs at all.
 
 Finding where two CPUs part (issue 34): ``python -m ersm fingerprint --trace [PATH]`` runs the
-same steps with hooks (``ersm.trace``) and writes a hash of every intermediate result: the
+same steps with hooks (``ersm.portability.trace``) and writes a hash of every intermediate result: the
 images, each module's output, the loss, each gradient and the weights after each step.
 ``python -m ersm fingerprint --compare TRACE`` re-runs here and prints the first record where
-this machine departs from ``TRACE``. ``KNOWN_TRACES`` lists the committed traces (``ersm/traces/``);
+this machine departs from ``TRACE``. ``KNOWN_TRACES`` lists the committed traces (``ersm/portability/traces/``);
 no AMD trace exists yet. On an AMD EPYC (the reference until 2026-12-04), run::
 
     python -m ersm fingerprint --trace --compare intel-xeon-998ab8edcfdfde23
 
 which writes this machine's trace (e.g. ``amd-epyc-7b13-08d79f2c490dd1fb.json``; commit it into
-``ersm/traces/`` and list it in ``KNOWN_TRACES``) and names the first step, module, op and library
-whose result differs from the Intel Xeon's. See ``ersm.trace`` for the file format, and for where
+``ersm/portability/traces/`` and list it in ``KNOWN_TRACES``) and names the first step, module, op and library
+whose result differs from the Intel Xeon's. See ``ersm.portability.trace`` for the file format, and for where
 single knobs (MKL branch, ATen capability, threads, OpenBLAS core) move the first departure on the
 Intel Xeon, to tell by the AMD's first departing record which library is the likely cause.
 
 The run itself is :func:`run` with a :class:`FingerprintConfig`; the plain fingerprint and the
-traced run call it alike (the trace only observes through hooks), and :func:`ersm.trace.record`
+traced run call it alike (the trace only observes through hooks), and :func:`ersm.portability.trace.record`
 checks that the traced run ends with the plain fingerprint.
 """
 from __future__ import annotations
@@ -44,11 +44,12 @@ from pathlib import Path
 
 import torch
 
-from ersm import numerics
+from ersm.checks import is_integer
+from ersm.portability import numerics
 from ersm.data import ClutteredDigits
-from ersm.engine import train_step
+from ersm.training.engine import train_step
 from ersm.models import build_model
-from ersm.seeding import seed_everything
+from ersm.training.seeding import seed_everything
 
 # the portable-mode hash of the CPU where the committed ci notebooks were executed: an Intel Xeon with AVX-512
 # (2026-12-04, issue 29's re-execution; it was the reference until 2026-11-30 too); tests/test_numerics.py checks that
@@ -57,7 +58,7 @@ REFERENCE = {"2.14.1+cu130": "998ab8edcfdfde23"}
 # portable-mode hashes of other CPUs, which cannot reproduce the committed outputs (nbval is skipped there)
 OTHER_CPUS = {"2.14.1+cu130": {"08d79f2c490dd1fb": "an AMD EPYC, with and without AVX-512 (2026-11-30 to 2026-12-03; "
                                                    "the reference then)"}}
-# committed traces of the fingerprint run (python -m ersm fingerprint --trace), by name: ersm/traces/<name>.json
+# committed traces of the fingerprint run (python -m ersm fingerprint --trace), by name: ersm/portability/traces/<name>.json
 TRACES_FOLDER = Path(__file__).resolve().parent / "traces"
 KNOWN_TRACES = {"intel-xeon-998ab8edcfdfde23": "an Intel Xeon with AVX-512, portable mode, torch 2.14.1+cu130 (2026-12)"}
 
@@ -84,7 +85,7 @@ class FingerprintConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "images", "threads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
     def as_dict(self) -> dict:
@@ -92,10 +93,10 @@ class FingerprintConfig:
 
 
 class Observer:
-    """What a run tells as it goes (``ersm.trace.Tracer`` records it); this default ignores everything.
+    """What a run tells as it goes (``ersm.portability.trace.Tracer`` records it); this default ignores everything.
 
     An observer may read tensors and register hooks, never change them: the traced run must end
-    with the plain fingerprint (``ersm.trace.record`` checks).
+    with the plain fingerprint (``ersm.portability.trace.record`` checks).
     """
 
     def images(self, dataset: ClutteredDigits, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> None:
@@ -163,14 +164,14 @@ def main(trace: str | None = None, compare: str | None = None) -> int:
     """``python -m ersm fingerprint [--trace [PATH]] [--compare TRACE]``; returns the exit status.
 
     Plain: prints the fingerprint and whether it is the reference (0 the same, 1 different).
-    ``trace``: also writes this machine's trace (``ersm.trace``) to that path (``""``: the default
+    ``trace``: also writes this machine's trace (``ersm.portability.trace``) to that path (``""``: the default
     name). ``compare``: a trace file or a name in ``KNOWN_TRACES``, refused before anything runs
-    when it cannot be compared (``ersm.trace.TraceRefused``, a ``ValueError``); then prints where
+    when it cannot be compared (``ersm.portability.trace.TraceRefused``, a ``ValueError``); then prints where
     this machine first departs from it and returns 0 when every record matches, 1 otherwise.
     """
     if trace is None and compare is None:
         return _print_fingerprint(weights_hash())
-    from ersm import trace as tracing
+    from ersm.portability import trace as tracing
 
     theirs = tracing.load(compare) if compare is not None else None
     if theirs is not None:

@@ -3,7 +3,7 @@
 ``ci`` equals the parameter defaults written in each notebook's ``parameters`` cell (a test
 checks it), so ``pytest --nbval notebooks/`` re-executes exactly what was committed. It is a
 smoke test of the code path, sized to keep the notebook suite under 20 minutes on the slowest
-2-core CPU measured (an AMD EPYC) with the portable kernels (``ersm/numerics.py``, about 2.5x
+2-core CPU measured (an AMD EPYC) with the portable kernels (``ersm/portability/numerics.py``, about 2.5x
 slower than native ones): two seeds, 1,000 training images x 6 epochs, 250 validation and 500
 test images, a width-16 SmallCNN, one tuning trial (the default config),
 always on the CPU (``DEVICE="cpu"``) so its outputs are the same with or without a GPU. Its
@@ -11,7 +11,7 @@ models do not converge, so every ``ci`` verdict is INCONCLUSIVE (not converged) 
 ``full`` is sized for convergence (10,000 training images, 15 epochs, the width-32 SmallCNN:
 dense reached 91% test accuracy at that size in a one-seed trial), 5 seeds (10 for dense and the
 ERSM variants in claim 01, where the power analysis asked for them), 8 tuning trials per family
-(``ersm/tuning.py``), more images in the input-space deletion tests; it runs on a GPU
+(``ersm/study/tuning.py``), more images in the input-space deletion tests; it runs on a GPU
 when there is one (``DEVICE="auto"``) and is injected by papermill.
 
 ``cifar10`` and ``pets`` run the same notebooks on the real datasets (``DATASET``, ``BACKBONE``);
@@ -49,7 +49,7 @@ COMMON = {
 # rules v3 (docs/rules.md#rules-v3-confirmatory): one confirmatory study per backbone, full's data and budget,
 # model seeds 10-18, the sealed test split (TEST_SEED: ersm.data.sealed.CONFIRM_TEST_SEED; a test checks it), on
 # the CPU: each study trains on one device kind (the rules), and the SmallCNN study reads the exploratory CPU trials.
-# ``ersm warm`` trains them (ersm.confirm); the notebooks do not take these profiles yet (issue 30).
+# ``ersm warm`` trains them (ersm.study.confirm); the notebooks do not take these profiles yet (issue 30).
 CONFIRM_PROFILES = ("confirm_small_cnn", "confirm_resnet20")
 CONFIRM = {}
 for _backbone, _profile in zip(("small_cnn", "resnet20"), CONFIRM_PROFILES):

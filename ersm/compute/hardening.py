@@ -48,7 +48,7 @@ Execution (``execution=``), an explicit choice, never made silently:
 
 - ``"dense"`` (default): the network after the mask runs as it is, densely, on the hardened
   features. No compute is saved; dropped tokens are zeros the following convolutions still read.
-- ``"sparse"``: the stages after the mask run with DynConv's semantics (``ersm.sparse_exec``):
+- ``"sparse"``: the stages after the mask run with DynConv's semantics (``ersm.compute.sparse_exec``):
   each unit computes its outputs only where the kept tokens, max-pooled with its stride, say;
   elsewhere 0 (a conv unit) or ``relu(shortcut(x))`` (a residual block). This is a different
   function from ``"dense"`` for ``q < 1`` (outputs near kept tokens are not computed); at
@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ersm.checks import check_count
+from ersm.checks import check_count, is_integer, is_number
 from ersm.layer import EnergyMask, energy_masks
 
 MASK, ENERGY, MAGNITUDE, MASKED_MAGNITUDE, RANDOM, ORACLE = (
@@ -174,7 +174,7 @@ class HardEnergyMask(EnergyMask):
     def oracle_scores(self, x: torch.Tensor) -> torch.Tensor:
         if self.object_mask is None:
             raise RuntimeError("ranking='oracle' needs the ground-truth object masks of the batch: "
-                               "`with ersm.hardening.object_masks(model, masks): model(images)`")
+                               "`with ersm.compute.hardening.object_masks(model, masks): model(images)`")
         if self.object_mask.shape[0] != x.shape[0]:
             raise ValueError(f"object_masks has {self.object_mask.shape[0]} masks (shape {tuple(self.object_mask.shape)}) "
                              f"for a batch of {x.shape[0]} images")
@@ -182,7 +182,7 @@ class HardEnergyMask(EnergyMask):
 
 
 def check_keep(keep) -> None:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+    if not is_number(keep) or not 0 < keep <= 1:
         raise ValueError(f"keep={keep!r} must be a number in (0, 1], the share of tokens kept")
 
 
@@ -222,7 +222,7 @@ def harden(model: nn.Module, keep: float, ranking: str = MASK, seed: int = 0, ex
     check_keep(keep)
     if ranking not in RANKINGS:
         raise ValueError(f"ranking={ranking!r} must be one of {RANKINGS}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):
         raise ValueError(f"seed={seed!r} must be an integer")
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} must be one of {EXECUTIONS}")
@@ -254,7 +254,7 @@ def hard_layers(model: nn.Module) -> list[HardEnergyMask]:
 def sparse_layout(model: nn.Module, stages: tuple[str, ...] | None) -> tuple[str, tuple[str, ...]]:
     """``(cut, post-mask stage names)`` of an ``nn.Sequential`` model whose one EnergyMask ends a top-level stage."""
     from ersm.experiments.rankings import sequential_cut
-    from ersm.sparse_exec import post_mask_units
+    from ersm.compute.sparse_exec import post_mask_units
 
     layers = energy_masks(model)
     if len(layers) != 1:
@@ -291,16 +291,16 @@ class ExecutionDecision(NamedTuple):
 
 
 class SparselyExecuted(nn.Module):
-    """A hardened model whose post-mask stages run with ``ersm.sparse_exec``'s semantics.
+    """A hardened model whose post-mask stages run with ``ersm.compute.sparse_exec``'s semantics.
 
     ``forward(x [B, C, H, W]) -> logits``: ``encoder`` (up to and including the masked stage, whose
-    HardEnergyMask records ``kept``), then ``stages`` (:class:`ersm.sparse_exec.SparseStages`) in
+    HardEnergyMask records ``kept``), then ``stages`` (:class:`ersm.compute.sparse_exec.SparseStages`) in
     ``mode`` ("sparse" or "reference"), then ``head``. ``last_active_shares`` holds, after each
     forward pass, the share of output positions each post-mask unit computed.
     """
 
     def __init__(self, hardened: nn.Sequential, cut: str, after: tuple[str, ...], mode: str) -> None:
-        from ersm.sparse_exec import SparseStages
+        from ersm.compute.sparse_exec import SparseStages
 
         super().__init__()
         children = list(hardened.named_children())

@@ -20,7 +20,7 @@ import pandas as pd
 from ersm.experiments.common import DENSE, ERSM_MODELS, PAPER
 from ersm.metrics.stats import mean_ci
 from ersm.paths import repo_root, results_dir, write_between_markers
-from ersm.verdicts import RULES_TEXT, number_text
+from ersm.study.verdicts import RULES_TEXT, number_text
 
 NOTEBOOKS = ("01_training", "02_emergent_sparsity", "03_occlusion_robustness", "04_deletion_vs_magnitude", "05_mask_quality")
 POCOCK_LEVEL = 1 - 0.0294  # two looks (interim and final) at two-sided alpha 0.05, Pocock's constant boundary

@@ -37,7 +37,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ersm.config import TrainConfig
+from ersm.checks import is_integer, is_number
+from ersm.training.config import TrainConfig
 from ersm.layer import VARIANTS
 
 TUNING_SEED = 2026
@@ -64,7 +65,7 @@ def protocol(trials: int) -> dict:
 
 
 def check_trials(trials) -> None:
-    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+    if not is_integer(trials) or trials < 1:
         raise ValueError(f"trials={trials!r} must be a positive integer (trial 0 is the default config)")
 
 
@@ -72,7 +73,7 @@ def check_space(space: dict) -> None:
     """Every range is ``(low, high)`` with ``0 < low <= high`` and finite: a log-uniform draw needs it."""
     for name, bounds in space.items():
         ok = isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bounds)
+            is_number(v) for v in bounds)
         if not ok or not 0 < bounds[0] <= bounds[1]:
             raise ValueError(f"tuning space {name}={bounds!r} must be (low, high) with 0 < low <= high, finite "
                              f"(a log-uniform draw needs positive bounds)")
@@ -128,7 +129,7 @@ def tune(base: TrainConfig, trials: int, families=VARIANTS,
     ``history_of`` returns a trained config's per-epoch records (default: train through the cache).
     """
     if history_of is None:
-        from ersm.train import training_history as history_of
+        from ersm.training.cache import training_history as history_of
     rows, selected = [], {}
     for family in ("dense", *families):
         recipe = None if family == "dense" else {k: selected["dense"][k] for k in SPACES["dense"]}
@@ -148,9 +149,10 @@ def trial_report(base: TrainConfig, grid: pd.DataFrame, recipe: dict) -> pd.Data
     kept mass ``mean m / max m``, mean over images) and ``mask_auroc`` (per-pixel AUROC of the
     mask, upsampled, against the digit, mean over images). Dense trials get NaN. Reads the
     validation split only; the models come from the cache (``tune`` trained them)."""
-    from ersm.inference import predict
+    from ersm.training.inference import predict
     from ersm.metrics.localisation import pixel_auroc
-    from ersm.train import get_model, validation_data
+    from ersm.data import load_split
+    from ersm.training.cache import get_model
 
     rows = []
     for row in grid.to_dict("records"):
@@ -158,7 +160,7 @@ def trial_report(base: TrainConfig, grid: pd.DataFrame, recipe: dict) -> pd.Data
         if row["family"] != "dense":
             settings = {k: row[k] for k in SPACES["ersm"]}
             config = base.replace(model=row["family"], seed=TRIAL_SEED, **recipe, **settings)
-            images, _, masks = validation_data(config)
+            images, _, masks = load_split(config, "validation")
             mask = predict(get_model(config), images).mask[:, 0].cpu().float()   # [N, h, w]
             kept = mask.flatten(1).mean(1) / mask.flatten(1).amax(1).clamp_min(1e-12)
             sparsity = float((1 - kept).mean())

@@ -79,9 +79,9 @@ import torch
 import pandas as pd
 from scipy.stats import binomtest
 
-from ersm.checks import check_count
-from ersm.config import TrainConfig
-from ersm.verdicts import NOT_CONVERGED, Claim, check_member
+from ersm.checks import check_count, is_number
+from ersm.training.config import TrainConfig
+from ersm.study.verdicts import NOT_CONVERGED, Claim, check_member
 
 CE_MAX = 0.05
 LONGER = 1.5
@@ -98,10 +98,11 @@ def clean_training_cross_entropy(config: TrainConfig) -> float:
     *without* augmentation, in evaluation mode (trains the model if needed). The convergence rule
     reads it for augmented models, whose batch loss includes what the augmentation hides
     (:func:`fit_cross_entropy`)."""
-    from ersm.inference import predict
-    from ersm.train import get_model, training_data
+    from ersm.training.inference import predict
+    from ersm.data import load_split
+    from ersm.training.cache import get_model
 
-    images, labels, _ = training_data(config)
+    images, labels, _ = load_split(config, "train")
     logits = predict(get_model(config), images).logits
     return torch.nn.functional.cross_entropy(logits, labels.to(logits.device)).item()
 
@@ -110,10 +111,11 @@ def validation_correct(config: TrainConfig):
     """``[n_val]`` bool numpy array: which validation images the trained model of ``config``
     classifies right, in evaluation mode (trains the model if needed). The convergence rule's
     stability test compares two runs image by image (:func:`stability`)."""
-    from ersm.inference import correct
-    from ersm.train import get_model, validation_data
+    from ersm.training.inference import correct
+    from ersm.data import load_split
+    from ersm.training.cache import get_model
 
-    images, labels, _ = validation_data(config)
+    images, labels, _ = load_split(config, "validation")
     return correct(get_model(config), images, labels).numpy()
 
 
@@ -191,10 +193,11 @@ def kept_mass_and_mean_mask(config: TrainConfig) -> tuple[float, float]:
     """``(kept mass, mean mask)`` of the trained model of ``config`` on its validation images:
     the mean over images of ``mean_i m_i / max_j m_j``, and of ``mean_i m_i`` (trains if needed)."""
     from ersm.experiments.sparsity import kept_mass
-    from ersm.inference import predict
-    from ersm.train import get_model, validation_data
+    from ersm.training.inference import predict
+    from ersm.data import load_split
+    from ersm.training.cache import get_model
 
-    images, _, _ = validation_data(config)
+    images, _, _ = load_split(config, "validation")
     mask = predict(get_model(config), images).mask.cpu()   # [N, 1, h, w]
     return float(kept_mass(mask).mean()), float(mask.double().mean())
 
@@ -205,7 +208,7 @@ def mask_stability(normal: tuple[float, float], longer: tuple[float, float]) -> 
     longer over normal minus 1) and ``mask_stable`` (``|change| <= KEPT_MASS_TOLERANCE``)."""
     (kept, mean), (longer_kept, longer_mean) = normal, longer
     for name, value in (("normal kept mass", kept), ("longer kept mass", longer_kept)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 <= value <= 1 or math.isnan(value)):
+        if not is_number(value, finite=False) or not (0 <= value <= 1 or math.isnan(value)):
             raise ValueError(f"{name}={value!r} must be a number in [0, 1] (or NaN)")
     if not (kept > 0 and math.isfinite(longer_kept)):   # an all-zero or undefined mask: no stability to show
         return {"kept_mass": kept, "longer_kept_mass": longer_kept, "kept_mass_change": math.nan, "mean_mask": mean,
@@ -222,7 +225,7 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
     """One row per ``(model, seed)``: the convergence rule's inputs and its outcome.
 
     ``configs``: family name -> one config per seed (at least two). ``history_of(config)`` returns
-    a trained config's per-epoch records (default ``ersm.train.training_history``, which trains
+    a trained config's per-epoch records (default ``ersm.training.cache.training_history``, which trains
     when the cache lacks the model); ``clean_cross_entropy_of`` goes to ``fit_cross_entropy`` for
     augmented models; ``correct_of(config)`` gives ``[n_val]`` bool, the validation images the
     trained model classifies right (default ``validation_correct``, which trains too).
@@ -240,7 +243,7 @@ def assess(configs: dict[str, list[TrainConfig]], history_of: Callable[[TrainCon
         raise ValueError(f"masks={masks!r} must be True (rules v3) or False (rules v2.4)")
     mask_of = mask_of or kept_mass_and_mean_mask
     if history_of is None:
-        from ersm.train import training_history as history_of
+        from ersm.training.cache import training_history as history_of
     if correct_of is None:
         correct_of = validation_correct
     if not isinstance(configs, dict) or not configs or any(not runs for runs in configs.values()):

@@ -1,9 +1,9 @@
 """A step-by-step trace of the fingerprint run, to find where two CPUs part (issue 34).
 
-``python -m ersm fingerprint`` (``ersm.fingerprint``) hashes only the images and the final
+``python -m ersm fingerprint`` (``ersm.portability.fingerprint``) hashes only the images and the final
 weights. Two CPUs that print different hashes with every pin of portable mode in force
-(ersm/numerics.py) do not say *which* floating-point operation rounded differently first. A
-trace does: it runs the very same steps (``ersm.fingerprint.run``, with a :class:`Tracer` that
+(ersm/portability/numerics.py) do not say *which* floating-point operation rounded differently first. A
+trace does: it runs the very same steps (``ersm.portability.fingerprint.run``, with a :class:`Tracer` that
 only reads tensors through hooks) and records a short hash of every intermediate result, in the
 order they are computed:
 
@@ -30,7 +30,7 @@ Use (``python -m ersm fingerprint``):
 - ``--trace [PATH]`` writes this machine's trace (default ``<cpu>-<fingerprint>.json`` in the
   current folder), after checking that the traced run ends with the plain fingerprint;
 - ``--compare TRACE`` re-runs here and prints the first record where this machine departs from
-  ``TRACE`` (a path, or a name of ``ersm.fingerprint.KNOWN_TRACES``, e.g.
+  ``TRACE`` (a path, or a name of ``ersm.portability.fingerprint.KNOWN_TRACES``, e.g.
   ``intel-xeon-998ab8edcfdfde23``), with its step, kind, module, op and library and the records
   just before it, which matched; exit 0 when every record matches, 1 when one differs. A trace of
   another torch or numpy version, another trace format or another fingerprint config is refused
@@ -42,7 +42,7 @@ To find why the reference CPU (an AMD EPYC, fingerprint ``08d79f2c490dd1fb``) an
 
     python -m ersm fingerprint --trace --compare intel-xeon-998ab8edcfdfde23
 
-and commit the trace it writes next to the Intel one (``ersm/traces/``). The first departing
+and commit the trace it writes next to the Intel one (``ersm/portability/traces/``). The first departing
 record names the op; everything after it differs because its inputs do.
 
 Where single knobs move the first departure, measured on the Intel Xeon (2026-12-04, one knob
@@ -65,7 +65,7 @@ AMD trace's first departure by:
 File format: one JSON object ``{"header": {...}, "records": [[...], ...]}``, a record a line.
 The header holds ``format``, ``torch``, ``numpy``, ``config`` (``FingerprintConfig``: steps,
 batch, seed, images, canvas, threads, model, lr, weight_decay, beta), ``fingerprint``,
-``cpu_model``, ``kernel_facts`` (``ersm.numerics.describe()``), ``recorded`` (the date),
+``cpu_model``, ``kernel_facts`` (``ersm.portability.numerics.describe()``), ``recorded`` (the date),
 ``columns``, ``libraries`` (this module's table) and ``hash`` (how values are hashed).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ersm import fingerprint, numerics
+from ersm.portability import fingerprint, numerics
 from ersm.data import digits
 from ersm.layer import EnergyMask
 
@@ -155,7 +155,7 @@ class Trace:
 
 
 class Tracer(fingerprint.Observer):
-    """Records a hash of every intermediate result of ``ersm.fingerprint.run`` (module docstring)."""
+    """Records a hash of every intermediate result of ``ersm.portability.fingerprint.run`` (module docstring)."""
 
     def __init__(self) -> None:
         self.records: list[list] = []
@@ -276,7 +276,7 @@ def write(trace: Trace, path: str | Path | None = None) -> Path:
 
 
 def resolve(argument: str | Path) -> Path:
-    """A trace file: ``argument`` itself, or a committed trace named in ``ersm.fingerprint.KNOWN_TRACES``."""
+    """A trace file: ``argument`` itself, or a committed trace named in ``ersm.portability.fingerprint.KNOWN_TRACES``."""
     path = Path(argument)
     if path.is_file():
         return path

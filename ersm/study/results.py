@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ersm.paths import atomic_write_bytes, atomic_write_text, repo_root, runs_dir
-from ersm import numerics
-from ersm.devices import resolve as resolve_device
+from ersm.portability import numerics
+from ersm.training.devices import resolve as resolve_device
 
 
 # What a run itself rewrites (executed notebooks, results, figures, the README's table): changes there do not make

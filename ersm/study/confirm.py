@@ -1,6 +1,6 @@
 """What the confirmatory run trains, phase by phase, as rules v3 fixes it (``docs/rules.md#rules-v3-confirmatory``).
 
-One study per backbone, each a profile (``ersm.profiles.CONFIRM_PROFILES``): ``confirm_small_cnn``
+One study per backbone, each a profile (``ersm.study.profiles.CONFIRM_PROFILES``): ``confirm_small_cnn``
 and ``confirm_resnet20``. ``ersm warm --profile <one of them>`` trains every model of the study
 through the cache (``ERSM_CACHE``; resumable, one model at a time on a CPU); the claim notebooks
 then only load them, after which they open the sealed test split (``ersm.data.sealed``). Every
@@ -8,7 +8,7 @@ decision a phase takes reads the training or validation split only.
 
 The phases, each built when the ones before it are trained:
 
-1. ``dense trials`` and ``ERSM trials``: the tuning protocol of ``ersm.tuning`` (8 trials per
+1. ``dense trials`` and ``ERSM trials``: the tuning protocol of ``ersm.study.tuning`` (8 trials per
    tuned family, model seed 0, validation accuracy). ResNet-20 tunes dense and ERSM paper. The
    SmallCNN takes the exploratory run's selections: its trials are the ``full`` run's models
    (``models/full``, the same configs and hashes), so they must be in the cache; this module
@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ersm import convergence, tuning
-from ersm.config import TrainConfig
+from ersm.study import convergence, setup, tuning
+from ersm.training.config import TrainConfig
 from ersm.experiments import common
 from ersm.experiments.common import CALIBRATED, CONTROLS, CUTOUT, DENSE, MEANFIELD, PAPER
 from ersm.experiments.occlusion import background_rho
-from ersm.profiles import CONFIRM, CONFIRM_PROFILES
+from ersm.study.profiles import CONFIRM, CONFIRM_PROFILES
 
 SEEDS = tuple(range(10, 19))  # rules v3: 9 fresh model seeds per family
 PRIMARY = (DENSE, PAPER, CONTROLS[PAPER])
@@ -52,10 +52,7 @@ class ExploratoryTrialsMissing(RuntimeError):
 
 def base_of(profile: str) -> TrainConfig:
     """The study's base config: ``full``'s size and data, its backbone, the sealed test split."""
-    params = _params(profile)
-    return common.base_config(params["CANVAS"], params["N_TRAIN"], params["N_TEST"], params["EPOCHS"],
-                              dataset=params["DATASET"], backbone=params["BACKBONE"], n_val=params["N_VAL"],
-                              width=params["WIDTH"], device=params["DEVICE"], test_seed=params["TEST_SEED"])
+    return setup.base_of(_params(profile))
 
 
 def families(profile: str, selected: dict) -> dict[str, list[TrainConfig]]:
@@ -65,7 +62,7 @@ def families(profile: str, selected: dict) -> dict[str, list[TrainConfig]]:
 
 
 def selections(profile: str, history_of=None) -> dict[str, dict]:
-    """The tuning selections the study uses (``ersm.tuning.tune`` on its trials, validation accuracy)."""
+    """The tuning selections the study uses (``ersm.study.tuning.tune`` on its trials, validation accuracy)."""
     params = _params(profile)
     return tuning.tune(base_of(profile), params["TUNING_TRIALS"], families=TUNED[params["BACKBONE"]],
                        history_of=history_of)[0]
@@ -75,8 +72,8 @@ def validation_swapped_accuracy(config: TrainConfig) -> float:
     """Accuracy (%) of the trained model of ``config`` on its validation images with swapped
     backgrounds (held-out training digits, each on a background of another class)."""
     from ersm.data import load_split
-    from ersm.inference import accuracy
-    from ersm.train import get_model
+    from ersm.training.inference import accuracy
+    from ersm.training.cache import get_model
 
     images, labels, _ = load_split(config, "validation", background="swapped")
     return 100.0 * accuracy(get_model(config), images, labels)
@@ -94,7 +91,7 @@ def qualifies(dense_runs: list[TrainConfig], accuracy_of=None) -> tuple[bool, fl
 def phases(profile: str, accuracy_of=None) -> Iterator[tuple[str, list[TrainConfig]]]:
     """``(phase name, configs)`` in training order (module docstring)."""
     from ersm.data.sealed import check_not_opened
-    from ersm.rules import check_v3_frozen
+    from ersm.study.rules import check_v3_frozen
 
     check_v3_frozen()            # the study runs under the frozen text only
     check_not_opened(profile)    # and trains nothing once its test split was read
@@ -132,7 +129,7 @@ def phases(profile: str, accuracy_of=None) -> Iterator[tuple[str, list[TrainConf
 
 
 def _require_cached(profile: str, configs: list[TrainConfig]) -> None:
-    from ersm.train import is_cached
+    from ersm.training.cache import is_cached
 
     missing = [config.digest() for config in configs if not is_cached(config)]
     if missing:
@@ -143,7 +140,7 @@ def _require_cached(profile: str, configs: list[TrainConfig]) -> None:
 
 
 def _cached_history(config: TrainConfig) -> list[dict]:
-    from ersm.train import training_history
+    from ersm.training.cache import training_history
     return training_history(config)
 
 

@@ -5,7 +5,7 @@ A config names everything that decides the trained weights, so its hash names th
 
 The hash also covers what the config does not say but the weights depend on: the torch version,
 the device kind the config resolves to (CUDA trains in bfloat16 autocast, the CPU in float32),
-and on the CPU the kernel mode (``ersm/numerics.py``), so a GPU-trained model is never served on
+and on the CPU the kernel mode (``ersm/portability/numerics.py``), so a GPU-trained model is never served on
 the CPU, nor a natively trained one in portable mode. Fields that cannot change a model are left
 out of it, so that equal models share one entry: the Energy-Mask fields of a dense model,
 ``cutout_size`` without Cutout, ``width`` of a ResNet, ``iterations`` of any variant but
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ersm import numerics
+from ersm.portability import numerics
 from ersm.data.registry import DEFAULT_DATASET, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, DatasetSpec  # noqa: F401
 from ersm.layer import VARIANTS
-from ersm.devices import DEVICES, resolve as resolve_device
+from ersm.training.devices import DEVICES, resolve as resolve_device
 
 MODELS = ("dense", *VARIANTS)  # a dense backbone, or its twin with one Energy-Mask variant (ersm.layer.VARIANTS)
 BACKBONES = ("small_cnn", "resnet20", "resnet18", "resnet18_imagenet", "resnet50_imagenet")

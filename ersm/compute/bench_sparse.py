@@ -1,6 +1,6 @@
-"""``python -m ersm.bench_sparse``: sparse execution after a hard mask against dense, timed side by side.
+"""``python -m ersm.compute.bench_sparse``: sparse execution after a hard mask against dense, timed side by side.
 
-A timing of the MECHANISM (``ersm.sparse_exec``), not an accuracy: random weights (BatchNorm in
+A timing of the MECHANISM (``ersm.compute.sparse_exec``), not an accuracy: random weights (BatchNorm in
 eval mode with its initial statistics), random images, and random kept-token masks at a given
 kept fraction ``q`` on the grid after ``layer2``. Timed: the post-mask stages only,
 
@@ -12,8 +12,8 @@ kept fraction ``q`` on the grid after ``layer2``. Timed: the post-mask stages on
 
 interleaved repeat by repeat (order alternating) after a warm-up, on ``--threads`` CPU threads
 (default 1, see ``--help``), reduced by the median, in one
-process (as ``ersm.bench``; DESIGN §7: ratios, never timed assertions in tests). Two kinds of
-random mask, both keeping exactly ``ceil(q * h * w)`` tokens per image (``ersm.hardening.top_tokens``):
+process (as ``ersm.compute.bench``; DESIGN §7: ratios, never timed assertions in tests). Two kinds of
+random mask, both keeping exactly ``ceil(q * h * w)`` tokens per image (``ersm.compute.hardening.top_tokens``):
 
 - ``iid``: independent uniform scores per token, the worst case for the stride pooling
   (a 2x2 cell is active when any of its 4 tokens is);
@@ -23,7 +23,7 @@ random mask, both keeping exactly ``ceil(q * h * w)`` tokens per image (``ersm.h
 For each it prints the share of output positions each stage still computes (the sparsity
 that survived the pooling), the dense/sparse time ratio and the dense-folded/sparse ratio (> 1: sparse is faster), and at
 ``q = 1`` the overhead sparse/dense. The CPU kernels matter: in the package's portable mode (the
-default, ``ersm.numerics``) oneDNN is off and the dense convolutions run as im2col + GEMM, like
+default, ``ersm.portability.numerics``) oneDNN is off and the dense convolutions run as im2col + GEMM, like
 the sparse path; with ``ERSM_KERNELS=native`` the dense side runs oneDNN, which is much faster on
 small maps (measured: SmallCNN's layer3 then costs less dense than gathered). Targets (issue 31): dense/sparse >= 1.5 at ``q = 0.5`` on
 ResNet-50 (224 px, batch 1 and 32); sparse/dense <= 1.15 at ``q = 1``.
@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ersm.hardening import kept_count, top_tokens
+from ersm.compute.hardening import kept_count, top_tokens
 from ersm.models import SmallCNN, resnet_imagenet
-from ersm.sparse_exec import SparseStages, post_mask_units
+from ersm.compute.sparse_exec import SparseStages, post_mask_units
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
 MASK_KINDS = ("iid", "blob")
@@ -162,7 +162,7 @@ def verdict(keep: float, speedup: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m ersm.bench_sparse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ersm.compute.bench_sparse", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (default 5)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a machine whose cores are busy with other work, "

@@ -6,7 +6,7 @@
 - :func:`parse` is what ``ersm.fit`` accepts: ``None`` (where the model's parameters are), a
   ``torch.device``, one of :data:`DEVICES`, or any device string torch knows (``"cuda:1"``).
 - :func:`for_process` is the device of this process: under ``torchrun`` with CUDA, the GPU of
-  its ``LOCAL_RANK`` (``ersm.distributed.local_device``), else :func:`resolve`'s answer.
+  its ``LOCAL_RANK`` (``ersm.training.distributed.local_device``), else :func:`resolve`'s answer.
 """
 from __future__ import annotations
 
@@ -49,5 +49,5 @@ def parse(device, model: nn.Module | None = None) -> torch.device:
 
 def for_process(name: str = "auto") -> torch.device:
     """This process's device for a config's ``device`` name (module docstring)."""
-    from ersm.distributed import local_device
+    from ersm.training.distributed import local_device
     return local_device(resolve(name))

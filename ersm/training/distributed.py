@@ -3,7 +3,7 @@
 ``torchrun`` starts N copies of the command with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in
 their environment. ``ersm train`` then joins them into one process group (:func:`init_from_env`:
 NCCL when the config trains on CUDA, one GPU per process, ``cuda:LOCAL_RANK``; gloo on the CPU)
-and trains the config's one model with ``DistributedDataParallel`` (``ersm.engine.fit``):
+and trains the config's one model with ``DistributedDataParallel`` (``ersm.training.engine.fit``):
 
 - **Start-up check.** Every process sends its config to every other (:func:`check_same`); if
   they differ, every process raises ``ValueError`` naming the differing fields and their values

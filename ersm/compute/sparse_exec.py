@@ -1,6 +1,6 @@
 """Exact sparse execution of the stages after a hard mask (issue 31, part 2).
 
-A hardened model (``ersm.hardening``) zeros the dropped tokens, but a dense network still
+A hardened model (``ersm.compute.hardening``) zeros the dropped tokens, but a dense network still
 spends the same compute on them. This module runs the stages after the mask only where the
 kept tokens say, with DynConv's convention (Verelst and Tuytelaars, "Dynamic Convolutions:
 Exploiting Spatial Sparsity for Faster Inference", CVPR 2020, and their public code):

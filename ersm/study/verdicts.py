@@ -1,4 +1,4 @@
-"""Verdict rules and the claim rows they produce (the rules: ``docs/rules.md``, version ``ersm.rules.VERSION``).
+"""Verdict rules and the claim rows they produce (the rules: ``docs/rules.md``, version ``ersm.study.rules.VERSION``).
 
 Every rule reads only an *oriented* difference (``ERSM - baseline`` where larger is better,
 ``baseline - ERSM`` where smaller is better, so a positive value always favours the claim)
@@ -24,12 +24,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from ersm.checks import MIN_UNITS, check_count
-from ersm.rules import RULES_PAGE, VERSION
+from ersm.checks import MIN_UNITS, check_count, is_number
+from ersm.study.rules import RULES_PAGE, VERSION
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE"
 RULES_TEXT = f"rules {VERSION}, {RULES_PAGE}; amended after test data existed"  # what every verdict prints
-NOT_CONVERGED = "INCONCLUSIVE (not converged)"  # rules v2: a claim whose models did not all converge (ersm.convergence)
+NOT_CONVERGED = "INCONCLUSIVE (not converged)"  # rules v2: a claim whose models did not all converge (ersm.study.convergence)
 
 
 def superiority(lo: float, hi: float) -> str:
@@ -121,7 +121,7 @@ RULE_V2_INTERVAL = ("rules v2 interval (hull of the paired two-level bootstrap o
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None) -> None:
     """``value`` is a finite real number (not a bool) in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+    if not is_number(value):
         raise ValueError(f"{name}={value!r} must be a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name}={value!r} must lie in [{low}, {high}]")

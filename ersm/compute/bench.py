@@ -6,14 +6,14 @@ alternating), after a warm-up, and reduced by the median; a machine that is busy
 work slows both sides alike, so the ratios stay meaningful where absolute times do not.
 
 Printed:
-1. train-step time (``ersm.engine.train_step``: forward + objective + backward + AdamW step) and parameter count of
+1. train-step time (``ersm.training.engine.train_step``: forward + objective + backward + AdamW step) and parameter count of
    the ERSM twin (every variant in ``ersm.layer.VARIANTS``: "paper", "calibrated", "meanfield"
    with its default 3 iterations, "hardconcrete" with its training-mode noise) over the dense
    backbone, for SmallCNN (48x48, batch 64, 1 channel) and ResNet-18 with the CIFAR stem (32x32,
    batch 32, 3 channels);
 2. cluttered-digits generation time for 10,000 items, and generation / DataLoader throughput
    over SmallCNN training throughput;
-3. on CUDA only, ResNet-18 training throughput with AMP (bfloat16, as ``ersm.train`` uses).
+3. on CUDA only, ResNet-18 training throughput with AMP (bfloat16, as ``ersm.training.cache`` uses).
 
 Writes nothing but stdout.
 """
@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ersm.data import ClutteredDigits
 from ersm.layer import VARIANTS
-from ersm.engine import train_step
+from ersm.training.engine import train_step
 from ersm.models import build_model, count_parameters
-from ersm.devices import resolve as resolve_device
-from ersm.seeding import seed_everything
+from ersm.training.devices import resolve as resolve_device
+from ersm.training.seeding import seed_everything
 
 STEP_RATIO_TARGET = 1.05       # ERSM step time / dense step time, at most
 PARAM_RATIO_TARGET = 1.01      # ERSM parameters / dense parameters, at most
@@ -64,8 +64,8 @@ def synchronize(device: torch.device) -> None:
 class Trainer:
     """One model with its AdamW optimizer and a fixed batch: ``step()`` is one training step.
 
-    The step is the engine's own (``ersm.engine.train_step``: bfloat16 autocast on CUDA, the
-    loss in float32, the finiteness check); the model is ``channels_last`` as ``ersm.train``
+    The step is the engine's own (``ersm.training.engine.train_step``: bfloat16 autocast on CUDA, the
+    loss in float32, the finiteness check); the model is ``channels_last`` as ``ersm.training.cache``
     builds it; ``beta = 1`` for ERSM models and 0 for the dense one.
     """
 
@@ -108,7 +108,7 @@ def interleaved_medians(contenders: dict[str, Callable[[], None]], repeats: int,
 
 def overhead(repeats: int, device: torch.device) -> float:
     """Section 1; returns the dense SmallCNN's training throughput (items/s) for section 2."""
-    print("\n== 1. ERSM overhead over the dense backbone (train step = ersm.engine.train_step: forward + objective + backward + AdamW)")
+    print("\n== 1. ERSM overhead over the dense backbone (train step = ersm.training.engine.train_step: forward + objective + backward + AdamW)")
     print(f"   targets: step-time ratio <= {STEP_RATIO_TARGET:.2f}, parameter ratio <= {PARAM_RATIO_TARGET:.2f}; "
           f"median of {repeats} interleaved repeats after warm-up")
     small_cnn_throughput = float("nan")
@@ -192,5 +192,5 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nbench finished in {time.perf_counter() - started:.0f} s")
 
 
-if __name__ == "__main__":  # ``python -m ersm.bench --repeats 3``
+if __name__ == "__main__":  # ``python -m ersm.compute.bench --repeats 3``
     main(sys.argv[1:])

@@ -1,15 +1,13 @@
 """Training with a model cache: ``get_model(config)`` returns the trained model, training it once.
 
-The training loop itself is the engine's, :func:`ersm.engine.fit`; this module turns a
-:class:`~ersm.config.TrainConfig` into the engine's arguments and keeps the cache. The data
-comes from ``ersm.data`` (:func:`~ersm.data.load_split`); ``training_data``, ``validation_data``,
-``test_data`` and ``test_metadata`` here are thin re-exports that notebook 02 still imports
-(issue 33 moves it to ``ersm.data`` with the notebooks' setup). The convergence rule's inputs
-read from trained models live in ``ersm.convergence``. Started by
-``torchrun`` (``ersm.distributed``), every worker runs the same call and rank 0 alone writes.
+The training loop itself is the engine's, :func:`ersm.training.engine.fit`; this module turns a
+:class:`~ersm.training.config.TrainConfig` into the engine's arguments and keeps the cache. The data
+comes from ``ersm.data`` (:func:`~ersm.data.load_split`), which callers use directly. The convergence rule's inputs
+read from trained models live in ``ersm.study.convergence``. Started by
+``torchrun`` (``ersm.training.distributed``), every worker runs the same call and rank 0 alone writes.
 
 - One config -> one folder ``runs/cache/<config.digest()>/`` with ``config.json``,
-  ``metrics.jsonl`` (one JSON line per epoch), a verified checkpoint (``ersm.checkpoint``) and
+  ``metrics.jsonl`` (one JSON line per epoch), a verified checkpoint (``ersm.training.checkpoint``) and
   ``sessions.jsonl``: one line when a training session starts (the epoch it resumes from, the
   device, the CPU model, the kernels in force, the UTC time) and one when it ends (its wall time).
   A long run that resumes across machines thus says which machine trained which epochs; a
@@ -21,12 +19,12 @@ read from trained models live in ``ersm.convergence``. Started by
   good checkpoint stays on disk.
 - Training reads the training and validation splits only, never the test split: the per-epoch
   records score the validation split (``val_accuracy`` and the ``val_`` mask statistics,
-  ``ersm.engine``). ``test_data`` and ``test_metadata`` below are for the claim notebooks,
-  which read the test split after training. Models trained before this rule keep their
+  ``ersm.training.engine``). The claim notebooks read the test split after training
+  (``ersm.data.load_split(config, "test")``). Models trained before this rule keep their
   histories (with ``test_accuracy`` and test-split mask statistics) and their cache keys: what
   a model records never entered its config hash.
 - ``config.device``: CUDA with AMP (bfloat16), or the CPU with deterministic, portable kernels
-  (``ersm/numerics.py``). The model stays on that device, so it is evaluated there too.
+  (``ersm/portability/numerics.py``). The model stays on that device, so it is evaluated there too.
 - Models are built in ``channels_last`` memory format: on our 2-core CPU the SmallCNN then
   took about 0.8x the time per training step and 0.56x per evaluation pass (measured side by
   side, 2026-11; README, Performance). The arithmetic is the same up to rounding;
@@ -43,41 +41,19 @@ import time
 import torch
 from torch import nn
 
-from ersm.augment import cutout
-from ersm import devices, distributed, numerics
-from ersm.checkpoint import load_checkpoint
-from ersm.config import TrainConfig
-from ersm.data import evaluation_set, load_split, sealed, split_metadata, training_set
+from ersm.training.augment import cutout
+from ersm.training import devices, distributed
+from ersm.portability import numerics
+from ersm.training.checkpoint import load_checkpoint
+from ersm.training.config import TrainConfig
+from ersm.data import evaluation_set, sealed, training_set
 from ersm.data.registry import entry as dataset_entry
-from ersm.engine import fit
+from ersm.training.engine import fit
 from ersm.models import build_model
 from ersm.paths import atomic_write_text, cache_dir
-from ersm.seeding import seed_everything
+from ersm.training.seeding import seed_everything
 
 SESSIONS = "sessions.jsonl"
-
-
-def training_data(config: TrainConfig):
-    """``(images [N, C, H, W], labels [N], masks [N, 1, H, W])`` of the config's training split
-    (un-augmented; ``ersm.data.load_split``, kept here for older callers)."""
-    return load_split(config, "train")
-
-
-def validation_data(config: TrainConfig):
-    """The config's validation split: held-out training items, drawn like the training set (for
-    the digits, the same spurious correlation ``rho``), so it measures in-distribution
-    generalisation. Tuning and convergence decisions read this split only (``ersm.data.load_split``)."""
-    return load_split(config, "validation")
-
-
-def test_data(config: TrainConfig, background: str = "random"):
-    """The config's test split (no spurious correlation; ``background`` picks aligned/swapped digit sets)."""
-    return load_split(config, "test", background)
-
-
-def test_metadata(config: TrainConfig, background: str = "random") -> dict:
-    """Per-item facts of the config's test split (clutter count, digit area, background, ...)."""
-    return split_metadata(config, "test", background)
 
 
 def make_model(config: TrainConfig, load_pretrained: bool = True) -> nn.Module:
@@ -114,7 +90,7 @@ def loader_workers(device: torch.device) -> int:
 def train(config: TrainConfig, run_dir=None, progress: bool | None = None, stop_after_epoch: int | None = None) -> nn.Module:
     """Train (or resume) the config's model in ``run_dir``; returns it in eval mode on its device.
 
-    The loop is :func:`ersm.engine.fit`; this function only turns the config into its arguments.
+    The loop is :func:`ersm.training.engine.fit`; this function only turns the config into its arguments.
     The data (and any missing download) is ready before the first step; ``ValueError`` or
     ``DatasetNotAvailable`` come before any training. Only the training and validation splits
     are loaded: the test split is not read here (module docstring). ``stop_after_epoch`` ends the run early
@@ -191,7 +167,7 @@ def get_model(config: TrainConfig, progress: bool | None = None) -> nn.Module:
     """The trained model of ``config`` from the cache, training (or resuming) it only if needed.
 
     Under ``torchrun`` (a process group is up) every worker calls it and trains one model with
-    DDP (``ersm.distributed``); only rank 0 writes to the cache.
+    DDP (``ersm.training.distributed``); only rank 0 writes to the cache.
     """
     distributed.check_same(config.to_dict())
     run_dir = cache_dir() / config.digest()

@@ -4,7 +4,7 @@ The notebooks print :func:`applied_text` beside their verdicts, so a reader sees
 version of the rules a verdict follows and that it is not the version first written.
 
 Why this is needed: rules v2 was written on 2026-11-23 (``V2_DATE``; its text as the ``full``
-run began is that of commit ``V2_COMMIT``). The training engine (``ersm/engine.py``) scored the
+run began is that of commit ``V2_COMMIT``). The training engine (``ersm/training/engine.py``) scored the
 ``test`` split after every epoch of every ``full`` model and wrote the test accuracy and, for
 the ERSM models, the test-split mask statistics into ``models/full``. Every change to v2 since
 was made after those test scores existed, whether or not anyone read them, and one of them

@@ -42,12 +42,18 @@ def check_count(name: str, value, minimum: int, note: str = "") -> None:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{note}")
 
 
+def as_numbers(name: str, values, expected: str) -> np.ndarray:
+    """``values`` as a float64 array; ``ValueError`` "<name> must be <expected>, got <name> of type <T>"
+    when numpy cannot read it as numbers (a string, a ragged list, an object)."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {expected}, got {name} of type {type(values).__name__}") from None
+
+
 def check_units(name: str, values, n: int | None = None, allow_nan: bool = False) -> np.ndarray:
     """A 1-D array of at least ``MIN_UNITS`` finite numbers (one per test image), of length ``n`` if given."""
-    try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D array of numbers, got {name} of type {type(values).__name__}") from None
+    x = as_numbers(name, values, "a 1-D array of numbers")
     if x.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array (one value per test image), got {name} with shape {x.shape}")
     if n is not None and x.size != n:
@@ -63,11 +69,7 @@ def check_seed_images(name: str, values, shape: tuple | None = None, allow_nan: 
     """A float64 ``[S, N]`` array (seeds x the same test images), ``S, N >= MIN_UNITS``, of ``shape``
     if given (that of the array named ``paired_with``). The rules v2 interval
     (``ersm.metrics.hierarchical.paired_rule_v2_interval``) reads such arrays."""
-    try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an [S, N] array of numbers (seeds x test images), "
-                         f"got {name} of type {type(values).__name__}") from None
+    x = as_numbers(name, values, "an [S, N] array of numbers (seeds x test images)")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D [S, N] array (seeds x test images), got {name} with shape {x.shape}")
     if shape is not None and x.shape != tuple(shape):

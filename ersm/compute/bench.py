@@ -87,9 +87,10 @@ class Trainer:
         train_step(self.model, self.x, self.y, self.optimizer, beta=self.beta)
 
 
-def interleaved_medians(contenders: dict[str, Callable[[], None]], repeats: int, steps: int,
+def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, steps: int,
                         warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each contender, timed in turns (order reversed every repeat)."""
+    """Median seconds per call of each contender, timed in turns (order reversed every repeat),
+    ``steps`` calls a timing; shared by ``ersm bench`` and ``ersm bench-sparse``."""
     names = list(contenders)
     for name in names:
         for _ in range(warmup):

@@ -34,15 +34,13 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 import sys
-import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ersm.compute.bench import interleaved_medians
 from ersm.compute.hardening import kept_count, top_tokens
 from ersm.models import SmallCNN, resnet_imagenet
 from ersm.compute.sparse_exec import SparseStages, post_mask_units
@@ -88,21 +86,6 @@ def fold_batchnorm(stages: nn.Sequential) -> nn.Sequential:
     return folded
 
 
-def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each contender, timed in turns (order reversed every repeat)."""
-    names = list(contenders)
-    for name in names:
-        for _ in range(warmup):
-            contenders[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        for name in (names if repeat % 2 == 0 else names[::-1]):
-            started = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 @torch.no_grad()
 def bench_case(label: str, build, channels: int, side: int, batch: int, after: tuple[str, ...], repeats: int,
                keeps=KEEPS, kinds=MASK_KINDS) -> list[dict]:
@@ -126,7 +109,7 @@ def bench_case(label: str, build, channels: int, side: int, batch: int, after: t
             x = torch.where(kept, features, torch.zeros(()))
             medians = interleaved_medians({"dense": lambda: stages(x), "folded": lambda: folded(x),
                                            "sparse": lambda: sparse.run(x, kept)},
-                                          repeats=repeats, warmup=1 if batch > 8 else 2)
+                                          repeats=repeats, steps=1, warmup=1 if batch > 8 else 2, device=x.device)
             shares = sparse.run(x, kept).active_shares()
             per_stage = stage_shares(sparse, shares, after, stages)
             speedup = medians["dense"] / medians["sparse"]

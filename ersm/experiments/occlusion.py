@@ -38,7 +38,7 @@ from ersm.data import capabilities, occlude
 from ersm.experiments import common
 from ersm.experiments.common import DENSE
 from ersm.metrics.hierarchical import mean_of_seed_means, mean_seed_ratio, paired_rule_v2_interval
-from ersm.checks import check_seed_images
+from ersm.checks import as_numbers, check_seed_images
 from ersm.study.verdicts import (INCONCLUSIVE, MIN_UNITS, RULE_V2_INTERVAL, Claim, _sorted, check_distinct, check_member,
                            check_n_boot, check_number, superiority)
 
@@ -189,10 +189,7 @@ def seed_rows(correct: dict, name: str, kind: str, fill: str) -> np.ndarray:
 
 def check_fractions(fractions) -> np.ndarray:
     """``fractions``: a strictly increasing 1-D list of finite occluded shares, at least two of them."""
-    try:
-        x = np.asarray(fractions, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"fractions={fractions!r} must be a list of numbers") from None
+    x = as_numbers("fractions", fractions, "a list of numbers")
     if x.ndim != 1 or x.size < 2 or not np.isfinite(x).all() or (np.diff(x) <= 0).any():
         raise ValueError(f"fractions={fractions!r} must be a strictly increasing list of at least 2 finite numbers")
     return x

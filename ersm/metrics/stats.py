@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from ersm.checks import check_count, is_number
+from ersm.checks import as_numbers, check_count, is_number
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -75,10 +75,7 @@ def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _as_values(name: str, values) -> np.ndarray:
-    try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D array of numbers, got {name}={values!r}") from None
+    x = as_numbers(name, values, "a 1-D array of numbers")
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got {name} with shape {x.shape}")
     if not np.isfinite(x).all():

@@ -17,6 +17,7 @@ from ersm.training.config import TrainConfig
 from ersm.data import sealed
 from ersm.data.sealed import CONFIRM_TEST_SEED, SealedTestSplit
 from ersm.data.splits import _digits
+from ersm.experiments.common import DENSE
 
 TINY = TrainConfig(model="paper", n_train=64, n_val=32, n_test=32, epochs=1, batch_size=32, width=8)
 SEALED = TINY.replace(test_seed=CONFIRM_TEST_SEED)
@@ -224,3 +225,34 @@ def test_the_small_cnn_study_reads_the_exploratory_trials_and_trains_from_their_
     assert (paper.lambda_unary, paper.lambda_pair, paper.beta, paper.lr) == (
         selected["paper"]["lambda_unary"], selected["paper"]["lambda_pair"], selected["paper"]["beta"], selected["dense"]["lr"])
     assert all(c.test_seed == CONFIRM_TEST_SEED for c in finals)
+
+
+def test_the_headroom_shares_are_chosen_on_validation_images_alone(monkeypatch):
+    """Rules v3, claim 03a: the shares come from dense on validation images; the test split stays shut."""
+    from ersm.data import load_split
+    from ersm.experiments import occlusion
+    from ersm.training.cache import make_model
+    from helpers.fixtures import randomise_batchnorm
+    from helpers.sealed import clear_split_caches, seal_test_split
+
+    configs = [SEALED.replace(model="dense", seed=seed) for seed in (10, 11)]
+    models = []
+    for config in configs:
+        model = make_model(config).eval()
+        randomise_batchnorm(model, seed=config.seed)
+        models.append(model)
+    fractions = [0.0, 0.1, 0.3, 0.5]
+    expected_correct = occlusion.occlusion_correctness({DENSE: models}, {DENSE: configs}, load_split(configs[0], "validation"),
+                                                       fractions, conditions=[occlusion.PRIMARY])
+    refused = seal_test_split(monkeypatch)
+    try:
+        for chance, margin in ((0.0, 0.0), (10.0, 10.0), (100.0, 0.0)):
+            shares = occlusion.validation_headroom_fractions(models, configs, fractions, chance=chance, margin=margin)
+            assert shares == occlusion.headroom_fractions(expected_correct, fractions, chance=chance, margin=margin)
+        assert occlusion.validation_headroom_fractions(models, configs, fractions, chance=0.0, margin=0.0) == [0.1, 0.3, 0.5]
+        assert occlusion.validation_headroom_fractions(models, configs, fractions, chance=100.0, margin=0.0) == []
+    finally:
+        clear_split_caches()
+    assert refused == []
+    with pytest.raises(ValueError, match=r"models has 2 model\(s\) and configs 1"):
+        occlusion.validation_headroom_fractions(models, configs[:1], fractions)

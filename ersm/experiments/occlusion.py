@@ -17,7 +17,8 @@ interval is the rules v2 interval (``paired_rule_v2_interval``) of per-seed, per
   10% on the digits and CIFAR-10, so the bar is 20% there, 2.7% on the 37 Pet breeds), chosen from the dense model's numbers
   alone. Per seed, the model's occluded accuracy averaged over those shares divided by its own
   clean accuracy (``mean_seed_ratio``, in %). Superiority of ``treatment - baseline``, against
-  dense and against dense + Cutout. No headroom share: INCONCLUSIVE (no headroom).
+  dense and against dense + Cutout. No headroom share: INCONCLUSIVE (no headroom). Rules v3
+  choose the shares on the validation images instead (``validation_headroom_fractions``).
 - Occlusion, reported: absolute accuracy at the headroom shares (``accuracy_difference``), the
   area under the whole curve (``curve_area_difference``), every kind and fill.
 - Background reliance: models trained at several ``rho = background_label_correlation``. The
@@ -258,6 +259,22 @@ def headroom_fractions(correct: dict, fractions: list[float], baseline: str = DE
     check_correct(correct, fractions, kind, fill, {"baseline": baseline})
     accuracy = 100 * seed_rows(correct, baseline, kind, fill).mean(axis=2).mean(axis=0)  # [F]
     return [float(f) for f, a in zip(fractions, accuracy) if f > 0 and a >= chance + margin - 1e-9]
+
+
+def validation_headroom_fractions(models: list, configs: list, fractions: list[float], chance: float = CHANCE,
+                                  margin: float = MARGIN) -> list[float]:
+    """Rules v3's headroom shares (claim 03a): ``headroom_fractions`` of the dense ``models`` (one
+    per seed, with their ``configs``) on their **validation** images, square patches, zero fill,
+    the occluders drawn as on the test images (``occlusion_correctness``, seed 0). The test split
+    is not read: the shares are fixed before it is opened."""
+    from ersm.data import load_split
+
+    if not models or len(models) != len(configs):
+        raise ValueError(f"models has {len(models)} model(s) and configs {len(configs)}; pass one dense model per seed "
+                         f"with its config")
+    validation = load_split(configs[0], "validation")
+    correct = occlusion_correctness({DENSE: models}, {DENSE: configs}, validation, fractions, conditions=[PRIMARY])
+    return headroom_fractions(correct, fractions, chance=chance, margin=margin)
 
 
 def retained_accuracy(occluded: np.ndarray, clean: np.ndarray) -> np.ndarray:

@@ -7,10 +7,11 @@ it reaches a claim (``ersm.study.verdicts``, ``ersm.experiments.*``) or an inter
 - :func:`check_units`: ``[N]``, one value per test image;
 - :func:`check_seed_images`: ``[S, N]``, seeds by row and the same test images by column;
 - :func:`is_integer`, :func:`is_number`: the one form of the "a number, not a bool" test;
+- :func:`as_numbers`: an array of numbers, or a message naming the argument;
 - :func:`check_count`: a count argument (seeds, resamples, steps, jobs ...): an integer, not a
   bool, at least some minimum; the one form of that check in the package.
 
-Both refuse fewer than :data:`MIN_UNITS` values along an axis an interval runs over, and NaN or
+``check_units`` and ``check_seed_images`` refuse fewer than :data:`MIN_UNITS` values along an axis an interval runs over, and NaN or
 inf (with ``allow_nan``, NaN passes, for callers that drop those images themselves; inf never
 does). Each returns the float64 array it checked.
 """
@@ -23,16 +24,23 @@ import numpy as np
 MIN_UNITS = 2  # a t-interval over seeds, or a bootstrap interval over images, needs two values
 
 
-def is_integer(value) -> bool:
-    """An integer (Python or NumPy), not a bool: ``True`` is an int to Python, never a count here."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def is_integer(value, numpy: bool = True) -> bool:
+    """An integer, not a bool (``True`` is an int to Python, never a count here); a NumPy integer
+    too unless ``numpy=False`` (for arguments handed on to torch, which refuses NumPy scalars)."""
+    kinds = (int, np.integer) if numpy else int
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
-def is_number(value, finite: bool = True) -> bool:
-    """A real number (Python or NumPy int or float), not a bool, and finite unless ``finite=False``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+def is_number(value, finite: bool = True, numpy: bool = True) -> bool:
+    """A real number (int or float), not a bool, finite unless ``finite=False``; a NumPy scalar
+    too unless ``numpy=False`` (``np.float64`` is a Python float, so it always passes)."""
+    kinds = (int, float, np.integer, np.floating) if numpy else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
         return False
-    return not finite or math.isfinite(value)
+    try:
+        return not finite or math.isfinite(value)
+    except OverflowError:  # an int too large for a float is no finite number here
+        return False
 
 
 def check_count(name: str, value, minimum: int, note: str = "") -> None:

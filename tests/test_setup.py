@@ -87,3 +87,14 @@ def test_claim_modules_train_nothing_where_a_claim_is_not_applicable():
     assert mask_quality.configs(base_of(params), params, SELECTED) == ({}, {})
     params = profiles.parameters("03_occlusion_robustness", "cifar10")
     assert occlusion.configs(base_of(params), params, SELECTED)[1] == {}
+
+
+def test_the_notebooks_refuse_a_confirm_profile_until_they_take_it():
+    with pytest.raises(ValueError, match=r"PROFILE='confirm_resnet20': the notebooks do not take the confirmatory profiles yet"):
+        setup("01_training", {**profiles.parameters("01_training", "ci"), "PROFILE": "confirm_resnet20"})
+
+
+def test_a_confirm_base_without_its_sealed_seed_is_refused():
+    params = {k: v for k, v in profiles.CONFIRM["confirm_small_cnn"].items() if k != "TEST_SEED"}
+    with pytest.raises(ValueError, match=r"params lacks \['TEST_SEED'\]"):
+        base_of(params)

@@ -182,7 +182,7 @@ class HardEnergyMask(EnergyMask):
 
 
 def check_keep(keep) -> None:
-    if not is_number(keep) or not 0 < keep <= 1:
+    if not is_number(keep, numpy=False) or not 0 < keep <= 1:
         raise ValueError(f"keep={keep!r} must be a number in (0, 1], the share of tokens kept")
 
 
@@ -222,7 +222,7 @@ def harden(model: nn.Module, keep: float, ranking: str = MASK, seed: int = 0, ex
     check_keep(keep)
     if ranking not in RANKINGS:
         raise ValueError(f"ranking={ranking!r} must be one of {RANKINGS}")
-    if not is_integer(seed):
+    if not is_integer(seed, numpy=False):
         raise ValueError(f"seed={seed!r} must be an integer")
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} must be one of {EXECUTIONS}")

@@ -261,12 +261,13 @@ def headroom_fractions(correct: dict, fractions: list[float], baseline: str = DE
     return [float(f) for f, a in zip(fractions, accuracy) if f > 0 and a >= chance + margin - 1e-9]
 
 
-def validation_headroom_fractions(models: list, configs: list, fractions: list[float], chance: float = CHANCE,
+def validation_headroom_fractions(models: list, configs: list, fractions: list[float], chance: float | None = None,
                                   margin: float = MARGIN) -> list[float]:
     """Rules v3's headroom shares (claim 03a): ``headroom_fractions`` of the dense ``models`` (one
     per seed, with their ``configs``) on their **validation** images, square patches, zero fill,
-    the occluders drawn as on the test images (``occlusion_correctness``, seed 0). The test split
-    is not read: the shares are fixed before it is opened."""
+    the occluders drawn as on the test images (``occlusion_correctness``, seed 0). ``chance``
+    defaults to the dataset's (``chance_level``). The test split is not read: the shares are
+    fixed before it is opened."""
     from ersm.data import load_split
 
     if not models or len(models) != len(configs):
@@ -274,6 +275,7 @@ def validation_headroom_fractions(models: list, configs: list, fractions: list[f
                          f"with its config")
     validation = load_split(configs[0], "validation")
     correct = occlusion_correctness({DENSE: models}, {DENSE: configs}, validation, fractions, conditions=[PRIMARY])
+    chance = chance_level(configs[0].dataset) if chance is None else chance
     return headroom_fractions(correct, fractions, chance=chance, margin=margin)
 
 

@@ -84,7 +84,7 @@ def _as_values(name: str, values) -> np.ndarray:
 
 
 def _check_level(level) -> None:
-    if not is_number(level) or not 0 < level < 1:
+    if not is_number(level, numpy=False) or not 0 < level < 1:
         raise ValueError(f"level={level!r} must be a number in (0, 1)")
 
 

@@ -85,7 +85,7 @@ class FingerprintConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "images", "threads"):
             value = getattr(self, name)
-            if not is_integer(value) or value < 1:
+            if not is_integer(value, numpy=False) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
     def as_dict(self) -> dict:

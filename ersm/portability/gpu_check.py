@@ -347,7 +347,7 @@ def compare_accuracy(cuda_accuracy: float, cpu_accuracy: float, seed_accuracies:
             or not all(is_percent(value) for value in seed_accuracies)):
         raise ValueError(f"seed_accuracies={seed_accuracies!r} must list at least 2 seeds' accuracies in percent for a "
                          "mean and a spread")
-    if not is_number(sds) or not 0 < sds:
+    if not is_number(sds, numpy=False) or not 0 < sds:
         raise ValueError(f"sds={sds!r} must be a number > 0")
     mean, spread = statistics.fmean(seed_accuracies), statistics.stdev(seed_accuracies)
     difference = cuda_accuracy - mean
@@ -360,7 +360,7 @@ def compare_accuracy(cuda_accuracy: float, cpu_accuracy: float, seed_accuracies:
 
 
 def is_percent(value) -> bool:
-    return is_number(value, finite=False) and 0 <= value <= 100
+    return is_number(value, finite=False, numpy=False) and 0 <= value <= 100
 
 
 def split_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -49,11 +49,11 @@ def check_fit_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr,
         raise ValueError(f"model={type(model).__name__} must be a torch.nn.Module")
     for argument, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("seed", seed, 0),
                                  ("num_workers", num_workers, 0), ("draws_after_scoring", draws_after_scoring, 0)):
-        if not is_integer(value) or value < low:
+        if not is_integer(value, numpy=False) or value < low:
             raise ValueError(f"{argument}={value!r} must be an integer >= {low}")
-    if stop_after_epoch is not None and (not is_integer(stop_after_epoch) or stop_after_epoch < 1):
+    if stop_after_epoch is not None and (not is_integer(stop_after_epoch, numpy=False) or stop_after_epoch < 1):
         raise ValueError(f"stop_after_epoch={stop_after_epoch!r} must be None or an integer >= 1")
-    if not is_number(beta) or beta < 0:
+    if not is_number(beta, numpy=False) or beta < 0:
         raise ValueError(f"beta={beta!r} must be a finite number >= 0")
     if beta > 0 and not energy_masks(model):
         raise ValueError(f"beta={beta!r} but the model holds no EnergyMask, so there is no regulariser to weigh; "
@@ -68,9 +68,9 @@ def check_fit_arguments(model, data, *, epochs, beta, batch_size, optimizer, lr,
             raise ValueError("optimizer holds none of the model's parameters")
     elif optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} must be one of {OPTIMIZERS} or a torch.optim.Optimizer")
-    if lr is not None and (not is_number(lr) or lr <= 0):
+    if lr is not None and (not is_number(lr, numpy=False) or lr <= 0):
         raise ValueError(f"lr={lr!r} must be a finite number > 0")
-    if weight_decay is not None and (not is_number(weight_decay) or weight_decay < 0):
+    if weight_decay is not None and (not is_number(weight_decay, numpy=False) or weight_decay < 0):
         raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
     if scheduler not in SCHEDULERS and not hasattr(scheduler, "step"):
         raise ValueError(f"scheduler={scheduler!r} must be 'onecycle', None or a learning-rate scheduler")

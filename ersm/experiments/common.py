@@ -30,6 +30,7 @@ FAMILY_FIELDS = {
     **{CONTROLS[DISPLAY_NAMES[variant]]: dict(model=variant, beta=0.0) for variant in VARIANTS},
 }
 ALL_MODELS = tuple(FAMILY_FIELDS)  # dense, Cutout, then every variant and its control
+WITHOUT_CUTOUT = tuple(name for name in ALL_MODELS if name != CUTOUT)  # what notebooks 02, 04 and 05 read
 
 
 def base_config(canvas: int, n_train: int, n_test: int, epochs: int, dataset: str = "cluttered_digits",

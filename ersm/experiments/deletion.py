@@ -63,7 +63,7 @@ RANKING_NAMES = {ENERGY: "total-energy (-E) ranking", MASK: "mask (unary-energy)
 def configs(base, params: dict, selected: dict[str, dict]) -> dict[str, list]:
     """What notebook 04 trains: dense and every ERSM variant with its ``beta = 0`` control at
     ``SEEDS`` and their ``selected`` settings."""
-    return common.family(base, params["SEEDS"], (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values()), selected)
+    return common.family(base, params["SEEDS"], common.WITHOUT_CUTOUT, selected)
 
 def protocol_name(protocol: tuple) -> str:
     space, order, mode, fill = protocol

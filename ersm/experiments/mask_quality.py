@@ -63,8 +63,7 @@ def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, li
     has no backgrounds to swap). All at their ``selected`` settings."""
     if not capabilities(params["DATASET"])["object_masks"]:
         return {}, {}
-    names = (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values())
-    families = common.family(base, params["SEEDS"], names, selected)
+    families = common.family(base, params["SEEDS"], common.WITHOUT_CUTOUT, selected)
     spurious = (common.family(base.replace(background_label_correlation=params["RHO"]), params["SEEDS"], (common.DENSE, common.PAPER),
                               selected) if capabilities(params["DATASET"])["background_swap"] else {})
     return families, spurious

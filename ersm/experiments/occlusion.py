@@ -91,8 +91,7 @@ def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, li
     every ERSM variant with its ``beta = 0`` control at ``SEEDS``; ``spurious`` maps each rho of
     ``RHOS`` to the ``BACKGROUND_MODELS`` trained on that spurious split (empty where the dataset
     has no backgrounds to swap). All at their ``selected`` settings."""
-    names = (DENSE, common.CUTOUT, *common.ERSM_MODELS, *common.CONTROLS.values())
-    families = common.family(base, params["SEEDS"], names, selected)
+    families = common.family(base, params["SEEDS"], common.ALL_MODELS, selected)
     rhos = params["RHOS"] if capabilities(params["DATASET"])["background_swap"] else []
     spurious = {rho: common.family(base.replace(background_label_correlation=rho), params["SEEDS"], params["BACKGROUND_MODELS"],
                                    selected) for rho in rhos}

@@ -291,7 +291,7 @@ def configs(base, params: dict, selected: dict[str, dict]) -> tuple[dict[str, li
     """What notebook 02 trains: ``(families, sweep)``. The families are dense and every ERSM variant
     with its ``beta = 0`` control at ``SEEDS`` and their ``selected`` settings; the sweep is
     ``sweep_configs`` of ``SWEEP`` at ``SWEEP_SEED`` with dense's recipe."""
-    families = common.family(base, params["SEEDS"], (common.DENSE, *common.ERSM_MODELS, *common.CONTROLS.values()), selected)
+    families = common.family(base, params["SEEDS"], common.WITHOUT_CUTOUT, selected)
     return families, sweep_configs(base, params["SWEEP"], params["SWEEP_SEED"], recipe=selected["dense"])
 
 def mask_frame(models: dict[str, list], configs: dict[str, list], images: torch.Tensor) -> MaskFrame:
